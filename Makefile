@@ -1,0 +1,40 @@
+# Two commands do everything: `make repro` (run the study) and `make test` (run the tests).
+# Both create .venv on first use and install the pinned dependencies into it.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: repro test test-slow test-all install lock bench clean-venv
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
+	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name mambava --display-name "mambava (Python 3.11)" >/dev/null
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+repro: $(STAMP)
+	$(BIN)/dvc repro
+	@$(BIN)/mambava where
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m "not gpu or gpu"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_scan.py
+
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^mambava' > requirements/lock.new
+	@mv requirements/lock.new requirements/lock.txt
+
+clean-venv:
+	rm -rf $(VENV)

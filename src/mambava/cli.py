@@ -1,0 +1,106 @@
+"""The ``mambava`` command: one subcommand per DVC stage, plus tools.
+
+Every subcommand reads ``params.yaml`` (``--params``) through :mod:`mambava.config`, optionally
+with another profile (``--profile``), and calls library code; nothing here does the work itself.
+Heavy modules are imported inside the handlers so ``mambava --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mambava.config import ConfigError, load_config
+
+log = logging.getLogger("mambava")
+
+
+def _cfg(args):
+    return load_config(args.params, profile=args.profile)
+
+
+# --------------------------------------------------------------------------- data
+def cmd_data_generate(args) -> int:
+    from mambava.data.prepare import prepare
+
+    prepare(_cfg(args))
+    return 0
+
+
+def cmd_data_validate(args) -> int:
+    from mambava.data.affwild2 import validate_layout
+
+    problems = validate_layout(Path(args.root), test_list=args.test_list)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) found in {args.root}", file=sys.stderr)
+        return 1
+    print(f"{args.root}: OK")
+    return 0
+
+
+# --------------------------------------------------------------------------- model
+def cmd_model_summary(args) -> int:
+    from mambava.models.summary import print_summary
+
+    print_summary(_cfg(args).model)
+    return 0
+
+
+# --------------------------------------------------------------------------- misc
+def cmd_where(args) -> int:
+    """Say where the results of `dvc repro` are."""
+    cfg = _cfg(args)
+    book = Path("book/_build/html/index.html")
+    if book.exists():
+        print(f"The book: {book.resolve()}")
+    print(f"Data index: {Path(cfg.data.index).resolve()}")
+    for extra in ("outputs",):
+        if Path(extra).exists():
+            print(f"Stage outputs: {Path(extra).resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mambava", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    parser.add_argument("--profile", default=None, help="profile to apply over the defaults (e.g. paper)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="the data stage and tools").add_subparsers(dest="data_cmd", required=True)
+    p = data.add_parser("prepare", help="DVC stage `data`: generate the twin or index a real copy")
+    p.set_defaults(func=cmd_data_generate)
+    p = data.add_parser("validate", help="check a copy in the official Aff-Wild2 layout")
+    p.add_argument("--root", required=True, help="folder holding cropped_aligned/ and annotations/")
+    p.add_argument("--test-list", default=None, help="optional test video list to check against the frames")
+    p.set_defaults(func=cmd_data_validate)
+
+    model = sub.add_parser("model", help="the temporal model").add_subparsers(dest="model_cmd", required=True)
+    p = model.add_parser("summary", help="print the layer table and parameter count of a profile's model")
+    p.set_defaults(func=cmd_model_summary)
+
+    p = sub.add_parser("where", help="print where the results are")
+    p.set_defaults(func=cmd_where)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The typed view of ``params.yaml``: the one place where settings live.
+
+``params.yaml`` holds the CPU default profile at its top level and, under ``profiles:``, partial
+overlays (``profiles.paper`` is the paper's sizes for a GPU and real Aff-Wild2). The key
+``profile:`` picks the overlay that is deep-merged over the defaults, so switching is one setting
+that ``dvc params diff`` shows::
+
+    dvc exp run -S profile=paper
+
+Every section is a pydantic model that forbids unknown keys and checks types, so a typo such as
+``train.lerning_rate`` stops the run with the file, the line and the key instead of being ignored
+(the authors' published config crashed on exactly such a typo, far from where it was made).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A problem in params.yaml, with the file, line and key that caused it."""
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --------------------------------------------------------------------------- data
+class SyntheticConfig(Section):
+    """Size and difficulty of the synthetic Aff-Wild2 twin (see mambava.data.synthetic)."""
+
+    seed: int = 20250313
+    n_videos: int = Field(48, ge=3)  # people; two-person videos count twice
+    n_pairs: int = Field(3, ge=0)  # of which this many are `<name>_left`/`<name>_right` pairs
+    min_frames: int = Field(300, ge=10)
+    max_frames: int = Field(3000, ge=10)
+    split_fractions: list[float] = [0.6, 0.13, 0.27]  # train, validation, test
+    image_size: int = Field(112, ge=32)
+    fps: float = Field(30.0, gt=0)
+    jpeg_quality: int = Field(90, ge=10, le=100)
+    missing_rate: float = Field(0.01, ge=0, lt=1)  # isolated frames with no face found
+    missing_runs_per_1k: float = Field(0.5, ge=0)  # runs of 5-90 frames with no face
+    unannotated_runs_per_1k: float = Field(0.3, ge=0)  # runs labelled -5
+    label_lag_s: float = Field(0.4, ge=0)  # annotators react this late to the face
+    workers: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SyntheticConfig":
+        if self.max_frames < self.min_frames:
+            raise ValueError("max_frames must be >= min_frames")
+        if abs(sum(self.split_fractions) - 1.0) > 1e-6:
+            raise ValueError("split_fractions must sum to 1")
+        if 2 * self.n_pairs > self.n_videos:
+            raise ValueError("n_pairs pairs need 2 * n_pairs videos")
+        return self
+
+
+class DataConfig(Section):
+    source: Literal["synthetic", "affwild2"] = "synthetic"
+    # The official layout: <root>/cropped_aligned/<video>/00001.jpg and
+    # <root>/annotations/VA_Estimation_Challenge/{Train_Set,Validation_Set}/<video>.txt.
+    # For `synthetic` the twin is generated here; for `affwild2` point it at your copy.
+    root: str = "data/twin/affwild2"
+    # Test labels, kept apart from the train/validation annotations (the twin writes them;
+    # for real Aff-Wild2 they are not public: set null).
+    test_labels: str | None = "data/twin/test_labels"
+    # The list of test videos, relative to root (the organisers' file for real data).
+    test_list: str = "test_set_release.txt"
+    index: str = "data/index.csv"
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+# --------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    """The temporal model (mambava.models.mamba_va.MambaVA); the ablations are settings of it."""
+
+    input_dim: int = Field(192, ge=1)  # feature width (the MAE encoder's embed_dim)
+    tcn: bool = True
+    tcn_channels: list[int] = [192, 128, 128, 96]  # output width of each TCN level
+    tcn_kernel: int = Field(15, ge=1)
+    temporal: Literal["mamba", "transformer", "none"] = "mamba"
+    d_model: int = Field(96, ge=1)
+    n_layers: int = Field(2, ge=1)
+    d_state: int = Field(8, ge=1)
+    d_conv: int = Field(4, ge=1)
+    expand: int = Field(1, ge=1)
+    n_heads: int = Field(4, ge=1)  # transformer only
+    causal: bool = True  # transformer only (Mamba is causal by construction)
+    head_hidden: int = Field(64, ge=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    scan_backend: Literal["auto", "cuda", "numba", "reference"] = "auto"
+
+
+# --------------------------------------------------------------------------- root
+class Config(Section):
+    profile: str = "default"
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- loading
+def _deep_merge(base: dict, overlay: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _line_map(text: str) -> dict[tuple, int]:
+    """Map each key path in a YAML document to its 1-based line number."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key_path = path + (key_node.value,)
+                lines[key_path] = key_node.start_mark.line + 1
+                walk(value_node, key_path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[path + (i,)] = item.start_mark.line + 1
+                walk(item, path + (i,))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _format_errors(err: ValidationError, path: Path, lines: dict[tuple, int], prefix: tuple) -> str:
+    msgs = []
+    for e in err.errors():
+        loc = prefix + tuple(e["loc"])
+        # The deepest location that exists in the file tells the line.
+        line = None
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in lines:
+                line = lines[loc[:n]]
+                break
+        where = f"{path}:{line}" if line else str(path)
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            what = "unknown key (typo?)"
+        else:
+            what = e["msg"]
+            if "input" in e and not isinstance(e["input"], dict):
+                what += f" (got {e['input']!r})"
+        msgs.append(f"{where}: {key}: {what}")
+    return "\n".join(msgs)
+
+
+def load_config(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -> Config:
+    """Read params.yaml, apply the selected profile overlay and validate everything.
+
+    ``profile`` overrides the file's ``profile:`` key. Raises ConfigError naming file, line and
+    key for every problem found.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: parameters file not found (run from the repository root)")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}:1: the top level must be a mapping of sections")
+    lines = _line_map(text)
+
+    # Validate the defaults alone first, so an error names the right place in the file.
+    try:
+        Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("invalid parameters:\n" + _format_errors(exc, path, lines, ())) from None
+
+    profiles = raw.get("profiles") or {}
+    name = profile if profile is not None else raw.get("profile", "default")
+    if name != "default" and name not in profiles:
+        known = ", ".join(["default", *profiles]) or "default"
+        raise ConfigError(f"{path}:{lines.get(('profile',), 1)}: unknown profile {name!r} (known: {known})")
+    # Every overlay must be valid even when not selected, so a typo in `paper` is caught on CPU.
+    for pname, overlay in profiles.items():
+        merged = _deep_merge(raw, overlay or {})
+        merged["profile"] = pname
+        try:
+            Config.model_validate(merged)
+        except ValidationError as exc:
+            raise ConfigError(
+                f"invalid parameters in profile {pname!r}:\n"
+                + _format_errors(exc, path, lines, ("profiles", pname))
+            ) from None
+    effective = _deep_merge(raw, profiles.get(name) or {}) if name != "default" else raw
+    effective = dict(effective, profile=name)
+    return Config.model_validate(effective)
