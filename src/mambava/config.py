@@ -100,6 +100,79 @@ class ModelConfig(Section):
     scan_backend: Literal["auto", "cuda", "numba", "reference"] = "auto"
 
 
+# --------------------------------------------------------------------------- MAE features
+FACE_MEAN = (0.471, 0.363, 0.333)  # the authors' face statistics (their MAE fine-tuning code)
+FACE_STD = (0.220, 0.193, 0.180)
+
+
+class EncoderConfig(Section):
+    """The ViT encoder (timm's VisionTransformer) and its input: shared by pretraining,
+    fine-tuning and extraction, so the three stages cannot disagree on it."""
+
+    img_size: int = Field(112, ge=16)  # frames are resized to this (the crops are 112x112)
+    patch_size: int = Field(16, ge=1)
+    embed_dim: int = Field(192, ge=4)  # the feature width (model.input_dim must match)
+    depth: int = Field(6, ge=1)
+    num_heads: int = Field(3, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    mean: list[float] = Field(default_factory=lambda: list(FACE_MEAN), min_length=3, max_length=3)
+    std: list[float] = Field(default_factory=lambda: list(FACE_STD), min_length=3, max_length=3)
+
+    @model_validator(mode="after")
+    def _check(self) -> "EncoderConfig":
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} must be a multiple of patch_size {self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} must be a multiple of num_heads {self.num_heads}")
+        return self
+
+
+class MaePretrainConfig(Section):
+    """Masked-autoencoder pretraining on the training frames (mambava.features.pretrain)."""
+
+    encoder: EncoderConfig = EncoderConfig()
+    # Start from this local checkpoint (facebookresearch/mae `{"model": ...}` or timm's MAE ViT
+    # weights, .pth/.pt/.bin/.safetensors) instead of random weights; null = from scratch.
+    checkpoint: str | None = None
+    steps: int = Field(600, ge=0)  # 0 with a checkpoint: use its weights as they are
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1.5e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(60, ge=0)
+    mask_ratio: float = Field(0.75, gt=0, lt=1)
+    norm_pix_loss: bool = True  # per-patch normalised pixel targets (MAE's better setting)
+    decoder_dim: int = Field(128, ge=4)
+    decoder_depth: int = Field(2, ge=1)
+    decoder_heads: int = Field(4, ge=1)
+    n_reconstructions: int = Field(8, ge=0)  # held-out (validation) frames drawn for the book
+    num_workers: int = Field(2, ge=0)
+    out: str = "outputs/mae_pretrain"
+
+
+class MaeFinetuneConfig(Section):
+    """Frame-level valence/arousal fine-tuning of the encoder (mambava.features.finetune)."""
+
+    freeze_blocks: int = Field(4, ge=0)  # patch embedding + the first k blocks are frozen
+    loss: Literal["mse", "ccc"] = "mse"
+    steps: int = Field(400, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(40, ge=0)
+    val_max_frames: int | None = Field(None, ge=1)  # evenly spaced subset of validation; null = all
+    num_workers: int = Field(2, ge=0)
+    out: str = "outputs/mae_finetune"
+
+
+class FeaturesConfig(Section):
+    """Per-video CLS features of every frame (mambava.features.extract)."""
+
+    dir: str = "outputs/features"
+    batch_size: int = Field(256, ge=1)
+    num_workers: int = Field(2, ge=0)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA only
+
+
 # --------------------------------------------------------------------------- root
 class Config(Section):
     profile: str = "default"
@@ -107,6 +180,9 @@ class Config(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    mae_pretrain: MaePretrainConfig = MaePretrainConfig()
+    mae_finetune: MaeFinetuneConfig = MaeFinetuneConfig()
+    features: FeaturesConfig = FeaturesConfig()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
