@@ -50,6 +50,28 @@ def cmd_model_summary(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- MAE features
+def cmd_mae_pretrain(args) -> int:
+    from mambava.features.pretrain import run
+
+    run(_cfg(args))
+    return 0
+
+
+def cmd_mae_finetune(args) -> int:
+    from mambava.features.finetune import run
+
+    run(_cfg(args))
+    return 0
+
+
+def cmd_features(args) -> int:
+    from mambava.features.extract import run
+
+    run(_cfg(args))
+    return 0
+
+
 # --------------------------------------------------------------------------- misc
 def cmd_where(args) -> int:
     """Say where the results of `dvc repro` are."""
@@ -82,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="the temporal model").add_subparsers(dest="model_cmd", required=True)
     p = model.add_parser("summary", help="print the layer table and parameter count of a profile's model")
     p.set_defaults(func=cmd_model_summary)
+
+    p = sub.add_parser("mae-pretrain", help="DVC stage `mae_pretrain`: masked-autoencoder pretraining (or a local checkpoint)")
+    p.set_defaults(func=cmd_mae_pretrain)
+    p = sub.add_parser("mae-finetune", help="DVC stage `mae_finetune`: frame-level valence/arousal fine-tuning")
+    p.set_defaults(func=cmd_mae_finetune)
+    p = sub.add_parser("features", help="DVC stage `features`: per-video CLS features of every frame")
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("where", help="print where the results are")
     p.set_defaults(func=cmd_where)
