@@ -360,3 +360,12 @@ def save_checkpoint(state: Mapping[str, torch.Tensor], path: str | Path, **extra
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"model": dict(state), **extra}, tmp)
     os.replace(tmp, path)
+
+
+def resolve_device(setting: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is an error."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for but torch sees no CUDA device")
+    return torch.device(setting)

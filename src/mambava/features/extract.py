@@ -1,0 +1,323 @@
+"""The per-video feature store: the encoder's CLS token for every frame of every video.
+
+Layout of ``features.dir`` (one pair of files per video of the index, every split)::
+
+    <video>.npy        float16, (n_frames, embed_dim); row i = frame i+1 = annotation line i+2
+    <video>.mask.npy   bool, (n_frames,); True where the frame had a face image on disk
+    _fingerprint.json  what produced the arrays (checkpoint hash, encoder, normalisation)
+    _summary.json      counts and speed of the last run
+
+``n_frames`` is the index's: the annotation length where labels exist, else the highest frame
+number on disk. Frames on disk beyond ``n_frames`` (images past the end of the annotation) are
+ignored. Frames without a face image are filled **the same way in every split** (the authors
+forward-filled in training but zero-filled at test time): forward fill from the previous face
+frame, backward fill from the first face frame for a video that starts without one; a video
+with no face image at all gets zeros and an all-false mask. Downstream code can tell filled rows
+from real ones by the mask.
+
+Writes are atomic per video (temporary file, then ``os.replace``; the mask first, the features
+last, so a finished ``<video>.npy`` means a finished video). A rerun skips finished videos and
+redoes a partial one. If the fingerprint differs from the one in the folder (another checkpoint,
+image size or normalisation), the old arrays are removed first so stale features are never mixed
+with new ones.
+
+Batches never span two videos, so a video's features do not depend on which other videos were
+done in the same run (a resumed run gives arrays bit-identical to an uninterrupted one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mambava.features.frames import FrameDataset, frames_on_disk
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT = "_fingerprint.json"
+SUMMARY = "_summary.json"
+# Testing hook: SIGKILL this process while writing the (N+1)-th video of a run, after its
+# temporary file is written and before it is renamed (a crash in the worst place).
+KILL_AFTER_ENV = "MAMBAVA_FEATURES_KILL_AFTER"
+
+
+def feature_path(out_dir: str | Path, video: str) -> Path:
+    return Path(out_dir) / f"{video}.npy"
+
+
+def mask_path(out_dir: str | Path, video: str) -> Path:
+    return Path(out_dir) / f"{video}.mask.npy"
+
+
+def load_features(out_dir: str | Path, video: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(features (n_frames, dim) float16, face mask (n_frames,) bool) of one video, memory-mapped."""
+    fp = feature_path(out_dir, video)
+    if not fp.exists():
+        raise FileNotFoundError(f"{fp}: no features for video {video!r} (run `dvc repro features`)")
+    mode = "r" if mmap else None
+    return np.load(fp, mmap_mode=mode), np.load(mask_path(out_dir, video), mmap_mode=mode)
+
+
+def fill_missing(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Forward-fill rows where ``mask`` is False, backward-fill a leading gap; all False -> zeros.
+
+    values: (n, d), mask: (n,) bool. Returns a new array of the same dtype.
+    """
+    values = np.asarray(values)
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return np.zeros_like(values)
+    n = len(mask)
+    # index of the latest face frame at or before each row; before the first: the first one
+    src = np.where(mask, np.arange(n), -1)
+    np.maximum.accumulate(src, out=src)
+    src[src < 0] = int(np.argmax(mask))
+    return values[src]
+
+
+def _atomic_save(path: Path, array: np.ndarray, kill: bool = False) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    if kill:  # testing hook (see KILL_AFTER_ENV)
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.replace(tmp, path)
+
+
+def _is_done(out_dir: Path, video: str, n_frames: int, dim: int | None) -> bool:
+    fp, mp = feature_path(out_dir, video), mask_path(out_dir, video)
+    if not (fp.exists() and mp.exists()):
+        return False
+    try:
+        f = np.load(fp, mmap_mode="r")
+        m = np.load(mp, mmap_mode="r")
+    except (ValueError, OSError):
+        return False
+    return f.dtype == np.float16 and f.shape[0] == n_frames and (dim is None or f.shape[1] == dim) and m.shape == (n_frames,)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _prepare_dir(out_dir: Path, fingerprint: dict | None) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in out_dir.glob("*.tmp"):  # partial writes of an interrupted run
+        tmp.unlink()
+    fp_file = out_dir / FINGERPRINT
+    if fingerprint is None:
+        return
+    if fp_file.exists():
+        try:
+            old = json.loads(fp_file.read_text())
+        except ValueError:
+            old = None
+        if old == fingerprint:
+            return
+        stale = list(out_dir.glob("*.npy"))
+        if stale:
+            log.warning("%s: features were made by another encoder or setting; removing %d old arrays", out_dir, len(stale))
+            for p in stale:
+                p.unlink()
+    elif any(out_dir.glob("*.npy")):
+        log.warning("%s: arrays without a fingerprint; removing them", out_dir)
+        for p in out_dir.glob("*.npy"):
+            p.unlink()
+    tmp = fp_file.with_name(fp_file.name + ".tmp")
+    tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
+    os.replace(tmp, fp_file)
+
+
+class _VideoChunks:
+    """Batch sampler: consecutive chunks of at most ``batch_size`` frames, never across videos."""
+
+    def __init__(self, bounds: Sequence[tuple[int, int]], batch_size: int):
+        self.batches = [
+            list(range(s, min(s + batch_size, e))) for s, e in bounds for s in range(s, e, batch_size)
+        ]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def extract_features(
+    index,
+    encoder: nn.Module,
+    out_dir: str | Path,
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    fingerprint: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write ``<video>.npy`` and ``<video>.mask.npy`` for every video of ``index`` (module doc).
+
+    index: DataFrame with ``video, n_frames, path`` (the data stage's index). encoder: maps
+    (B, 3, img_size, img_size) normalised images to (B, dim) features. Returns a summary dict.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    device = torch.device(device)
+    _prepare_dir(out_dir, fingerprint)
+    kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
+
+    t0 = time.perf_counter()
+    dim = None
+    todo, skipped = [], 0
+    n_beyond = 0
+    for row in index.itertuples(index=False):
+        n = int(row.n_frames)
+        if _is_done(out_dir, row.video, n, dim):
+            skipped += 1
+            if dim is None:
+                dim = int(np.load(feature_path(out_dir, row.video), mmap_mode="r").shape[1])
+            continue
+        on_disk = frames_on_disk(row.path)
+        n_beyond += int((on_disk > n).sum())
+        todo.append((row.video, row.path, n, on_disk[on_disk <= n]))
+    if n_beyond:
+        log.info("ignoring %d frame images beyond their video's n_frames", n_beyond)
+
+    dirs, frames, video_of, bounds = [], [], [], []
+    start = 0
+    for k, (_, path, _, present) in enumerate(todo):
+        dirs.append(path)
+        frames.append(present)
+        video_of.append(np.full(len(present), k, dtype=np.int64))
+        bounds.append((start, start + len(present)))
+        start += len(present)
+    total = start
+    ds = FrameDataset(
+        dirs, np.concatenate(frames) if frames else np.zeros(0, np.int64),
+        np.concatenate(video_of) if video_of else np.zeros(0, np.int64), img_size, mean, std,
+    )
+    loader = DataLoader(
+        ds, batch_sampler=_VideoChunks(bounds, batch_size), num_workers=num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+    encoder = encoder.to(device).eval()
+    autocast = precision == "bf16" and device.type == "cuda"
+
+    written = 0
+    frames_done = 0
+    bar = tqdm(total=total, unit="frame", desc="features", disable=not progress, smoothing=0.1)
+
+    def write(k: int, feats: np.ndarray | None) -> None:
+        nonlocal written, dim
+        video, _, n, present = todo[k]
+        if feats is None:  # no face image at all
+            if dim is None:
+                dim = _probe_dim(encoder, img_size, device)
+            full = np.zeros((n, dim), dtype=np.float16)
+        else:
+            dim = feats.shape[1]
+            full = np.zeros((n, dim), dtype=np.float16)
+            full[present - 1] = feats.astype(np.float16)
+        mask = np.zeros(n, dtype=bool)
+        mask[present - 1] = True
+        full = fill_missing(full, mask)
+        _atomic_save(mask_path(out_dir, video), mask)
+        _atomic_save(feature_path(out_dir, video), full, kill=written == kill_after)
+        written += 1
+
+    pending = {}  # video k -> list of (start offset, features)
+    # videos with no frames produce no batches: write them in their turn
+    next_k = 0
+
+    def flush_empty_until(k_stop: int) -> None:
+        nonlocal next_k
+        while next_k < k_stop:
+            if len(todo[next_k][3]) == 0:
+                write(next_k, None)
+            next_k += 1
+
+    with torch.inference_mode():
+        for images, idx in loader:
+            k = int(ds.video_of[int(idx[0])])
+            flush_empty_until(k)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+                out = encoder(images.to(device, non_blocking=True))
+            pending.setdefault(k, []).append(out.float().cpu().numpy())
+            frames_done += len(idx)
+            bar.update(len(idx))
+            if sum(len(a) for a in pending[k]) == len(todo[k][3]):
+                write(k, np.concatenate(pending.pop(k)))
+                next_k = k + 1
+                bar.set_postfix(videos=f"{written + skipped}/{len(index)}")
+        flush_empty_until(len(todo))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    summary = {
+        "videos": int(len(index)),
+        "videos_written": written,
+        "videos_skipped": skipped,
+        "frames_encoded": frames_done,
+        "frames_beyond_n_frames_ignored": n_beyond,
+        "dim": dim,
+        "seconds": round(seconds, 3),
+        "frames_per_second": round(frames_done / seconds, 1) if seconds > 0 else None,
+        "device": str(device),
+        "precision": precision if autocast else "fp32",
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+    }
+    tmp = out_dir / (SUMMARY + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out_dir / SUMMARY)
+    log.info("features: %d videos written, %d already done, %d frames at %.1f frames/s",
+             written, skipped, frames_done, summary["frames_per_second"] or 0)
+    return summary
+
+
+def _probe_dim(encoder: nn.Module, img_size: int, device: torch.device) -> int:
+    with torch.inference_mode():
+        return int(encoder(torch.zeros(1, 3, img_size, img_size, device=device)).shape[-1])
+
+
+def run(cfg) -> dict:
+    """The `features` stage: the fine-tuned encoder over every frame of the index."""
+    from mambava.features.finetune import checkpoint_file as finetune_checkpoint
+    from mambava.features.frames import load_index
+    from mambava.features.mae import EncoderSpec, load_encoder, resolve_device
+
+    enc_cfg = cfg.mae_pretrain.encoder
+    spec = EncoderSpec.from_config(enc_cfg)
+    ckpt = finetune_checkpoint(cfg)
+    encoder = load_encoder(spec, ckpt)
+    fingerprint = {
+        "checkpoint_sha256": file_sha256(ckpt),
+        "encoder": spec.describe(),
+        "mean": list(enc_cfg.mean),
+        "std": list(enc_cfg.std),
+        "dtype": "float16",
+        "fill": "forward, backward at start; zeros if no face",
+    }
+    fc = cfg.features
+    return extract_features(
+        load_index(cfg.data.index), encoder, fc.dir, spec.img_size, enc_cfg.mean, enc_cfg.std,
+        batch_size=fc.batch_size, num_workers=fc.num_workers, device=resolve_device(cfg.device),
+        precision=fc.precision, fingerprint=fingerprint,
+    )

@@ -1,0 +1,178 @@
+"""Masked-autoencoder pretraining on the training frames (the `mae_pretrain` stage).
+
+Either from scratch (random timm ViT, fixed sin-cos positions) or from a local checkpoint
+(``mae_pretrain.checkpoint``: facebookresearch/mae or timm MAE ViT weights), for
+``mae_pretrain.steps`` steps (0 = keep the checkpoint as it is). Frames are drawn uniformly,
+with replacement, from every face image of the training videos; held-out reconstructions come
+from the validation videos, which pretraining never sees.
+
+Writes to ``mae_pretrain.out``:
+    checkpoint.pt         {"model": state dict in the facebookresearch/mae layout, "spec": ...}
+    reconstructions.png   rows: input, masked input, reconstruction (visible patches pasted)
+    metrics.json          losses (first/last training steps, held-out), steps, time
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from mambava.features.frames import FrameDataset, load_index, split_frames
+from mambava.features.mae import (
+    EncoderSpec,
+    MaskedAutoencoder,
+    load_encoder_weights,
+    read_state_dict,
+    resolve_device,
+    save_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_file(cfg) -> Path:
+    return Path(cfg.mae_pretrain.out) / "checkpoint.pt"
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then half-cosine decay to zero at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(params, weight_decay: float):
+    """AdamW groups: no weight decay on biases, norms, positions and tokens (1-D or 3-D tensors)."""
+    decay, no_decay = [], []
+    for name, p in params:
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim != 2 and p.ndim != 4 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def save_reconstructions(mae: MaskedAutoencoder, imgs: torch.Tensor, mask_ratio: float, mean, std,
+                         path: Path, seed: int = 0) -> float:
+    """A PNG grid (input / masked / reconstruction, one column per frame); returns the loss."""
+    from PIL import Image
+
+    mae.eval()
+    with torch.no_grad():
+        loss, pred, mask = mae(imgs, mask_ratio, torch.Generator(device=imgs.device).manual_seed(seed))
+        recon = mae.reconstruct(imgs, pred, mask)
+        masked = imgs * (1 - mae.unpatchify(mask[..., None].expand_as(pred)))
+    m = torch.tensor(mean, device=imgs.device)[:, None, None]
+    s = torch.tensor(std, device=imgs.device)[:, None, None]
+
+    def to_uint8(x):
+        return ((x * s + m).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+    rows = [np.concatenate(list(to_uint8(x)), axis=1) for x in (imgs, masked, recon)]
+    grid = np.concatenate(rows, axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    Image.fromarray(grid).save(tmp)
+    os.replace(tmp, path)
+    return float(loss)
+
+
+def pretrain(mae: MaskedAutoencoder, loader, steps: int, lr: float, weight_decay: float, warmup: int,
+             mask_ratio: float, device: torch.device, progress: bool = True) -> list[float]:
+    """Train ``mae`` for ``steps`` batches of ``loader`` (an endless or long enough iterable)."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW(param_groups(mae.named_parameters(), weight_decay), lr=lr, betas=(0.9, 0.95))
+    mae.train()
+    losses = []
+    bar = tqdm(total=steps, desc="mae pretrain", unit="step", disable=not progress)
+    it = iter(loader)
+    for step in range(steps):
+        imgs, _ = next(it)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, warmup, lr)
+        loss, _, _ = mae(imgs.to(device, non_blocking=True), mask_ratio)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(mae.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss))
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
+    bar.close()
+    return losses
+
+
+def run(cfg) -> dict:
+    """The `mae_pretrain` stage (module doc)."""
+    pc = cfg.mae_pretrain
+    out = Path(pc.out)
+    spec = EncoderSpec.from_config(pc.encoder)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    mae = MaskedAutoencoder(spec, pc.decoder_dim, pc.decoder_depth, pc.decoder_heads, pc.norm_pix_loss)
+    decoder_from_checkpoint = False
+    if pc.checkpoint:
+        load_encoder_weights(mae.encoder, pc.checkpoint)
+        state = read_state_dict(pc.checkpoint)
+        if any(k.startswith("decoder_") for k in state):
+            mae.load_mae_state_dict(state)
+            decoder_from_checkpoint = True
+    mae.to(device)
+
+    index = load_index(cfg.data.index)
+    enc = pc.encoder
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    if pc.steps > 0:
+        dirs, frames, video_of, _ = split_frames(index, "train")
+        ds = FrameDataset(dirs, frames, video_of, spec.img_size, enc.mean, enc.std, hflip=True)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        sampler = RandomSampler(ds, replacement=True, num_samples=pc.steps * pc.batch_size, generator=gen)
+        loader = DataLoader(ds, batch_size=pc.batch_size, sampler=sampler, num_workers=pc.num_workers,
+                            pin_memory=device.type == "cuda", drop_last=True)
+        log.info("MAE pretraining: %s, %d training frames, %d steps of %d", spec.describe(), len(ds), pc.steps, pc.batch_size)
+        losses = pretrain(mae, loader, pc.steps, pc.lr, pc.weight_decay, pc.warmup_steps, pc.mask_ratio, device)
+    seconds = time.perf_counter() - t0
+    save_checkpoint(mae.mae_state_dict(), checkpoint_file(cfg), spec=asdict(spec))
+
+    # Held-out frames: evenly spaced over the validation split (never trained on).
+    metrics = {
+        "steps": pc.steps,
+        "mask_ratio": pc.mask_ratio,
+        "norm_pix_loss": pc.norm_pix_loss,
+        "from_checkpoint": bool(pc.checkpoint),
+        "decoder_trained": pc.steps > 0 or decoder_from_checkpoint,
+        "train_loss_first": round(float(np.mean(losses[:20])), 5) if losses else None,
+        "train_loss_last": round(float(np.mean(losses[-20:])), 5) if losses else None,
+        "seconds": round(seconds, 1),
+        "frames_per_second": round(pc.steps * pc.batch_size / seconds, 1) if losses else None,
+    }
+    if pc.n_reconstructions:
+        dirs, frames, video_of, _ = split_frames(index, "validation")
+        pick = np.linspace(0, len(frames) - 1, pc.n_reconstructions).round().astype(int)
+        ds = FrameDataset(dirs, frames[pick], video_of[pick], spec.img_size, enc.mean, enc.std)
+        imgs = torch.stack([ds[i][0] for i in range(len(ds))]).to(device)
+        metrics["heldout_loss"] = round(
+            save_reconstructions(mae, imgs, pc.mask_ratio, enc.mean, enc.std, out / "reconstructions.png", cfg.seed), 5
+        )
+    write_json(out / "metrics.json", metrics)
+    log.info("MAE pretraining done: %s", metrics)
+    return metrics

@@ -1,0 +1,157 @@
+"""The per-video feature store: alignment with annotation lines, filling, resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from _tiny_layout import MeanColour, decode_frame, make_layout
+
+from mambava.config import FACE_MEAN, FACE_STD
+from mambava.data.affwild2 import load_index
+from mambava.features.extract import (
+    KILL_AFTER_ENV,
+    extract_features,
+    fill_missing,
+    load_features,
+    mask_path,
+)
+
+VIDEOS = {
+    # starts without a face, a gap in the middle, 3 images past the end of the annotation
+    "a": {"split": "train", "n_frames": 40, "missing": [1, 2, 10, 11, 25], "beyond": 3, "unlabelled": [5, 6]},
+    "b_left": {"split": "validation", "n_frames": 30, "missing": [30]},
+    "c": {"split": "test", "n_frames": 20, "labels": False},
+    "d": {"split": "test", "n_frames": 12, "missing": list(range(1, 13))},  # no face at all
+}
+
+
+def test_fill_missing():
+    v = np.arange(6, dtype=np.float32)[:, None] * [1, 10]
+    m = np.array([False, True, True, False, False, True])
+    out = fill_missing(v, m)
+    assert out[:, 0].tolist() == [1, 1, 2, 2, 2, 5]
+    assert not fill_missing(v, np.zeros(6, bool)).any()
+    assert np.array_equal(fill_missing(v, np.ones(6, bool)), v)
+
+
+def _extract(index_path, out, **kw):
+    return extract_features(load_index(index_path), MeanColour(FACE_MEAN, FACE_STD), out, 32, FACE_MEAN, FACE_STD,
+                            progress=False, **kw)
+
+
+def test_rows_align_with_annotation_lines(tmp_path):
+    index_path = make_layout(tmp_path / "data", VIDEOS)
+    out = tmp_path / "features"
+    summary = _extract(index_path, out, batch_size=7)  # batches end inside videos
+    assert summary["videos_written"] == 4 and summary["frames_beyond_n_frames_ignored"] == 3
+    index = load_index(index_path)
+    for row in index.itertuples():
+        feats, mask = load_features(out, row.video)
+        assert isinstance(feats, np.memmap) and feats.dtype == np.float16 and mask.dtype == bool
+        assert feats.shape == (row.n_frames, 3) and mask.shape == (row.n_frames,)
+        images = {int(p.stem) for p in Path(row.path).glob("*.jpg")}
+        assert mask.tolist() == [f in images for f in range(1, row.n_frames + 1)]
+        if row.video == "d":
+            assert not feats.any() and not mask.any()
+            continue
+        got = decode_frame(feats.astype(np.float32))
+        present = sorted(f for f in images if f <= row.n_frames)
+        for i in range(row.n_frames):  # row i = frame i + 1 (or the face frame it was filled from)
+            f = i + 1
+            before = [p for p in present if p <= f]
+            assert got[i] == (before[-1] if before else present[0]), (row.video, i)
+        if not row.annotation:
+            continue
+        # independently of the index and the reader: line L of the label file is row L - 2
+        lines = Path(row.annotation).read_text().splitlines()
+        assert lines[0] == "valence,arousal" and len(lines) == row.n_frames + 1
+        for L in range(2, len(lines) + 1):
+            v, a = map(float, lines[L - 1].split(","))
+            if v == -5 or not mask[L - 2]:
+                continue
+            assert got[L - 2] == round(v * 1000) == round(-a * 1000), (row.video, L)
+
+
+def test_rerun_skips_and_new_fingerprint_rebuilds(tmp_path):
+    index_path = make_layout(tmp_path / "data", VIDEOS)
+    out = tmp_path / "features"
+    _extract(index_path, out, fingerprint={"ckpt": "one"})
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")}
+    again = _extract(index_path, out, fingerprint={"ckpt": "one"})
+    assert again["videos_skipped"] == 4 and again["videos_written"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")} == first
+    (out / "stray.npy.tmp").write_bytes(b"partial")
+    mask_path(out, "c").unlink()  # half-finished video: redone
+    again = _extract(index_path, out, fingerprint={"ckpt": "one"})
+    assert again["videos_written"] == 1 and not list(out.glob("*.tmp"))
+    other = _extract(index_path, out, fingerprint={"ckpt": "two"})
+    assert other["videos_written"] == 4
+
+
+def _stage_params(tmp_path, index_path, features_dir) -> Path:
+    """A params.yaml for the tiny layout with a small encoder and its 'fine-tuned' checkpoint."""
+    from mambava.features.mae import EncoderSpec, build_encoder, save_checkpoint
+
+    spec = EncoderSpec(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    torch.manual_seed(0)
+    enc = build_encoder(spec)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_checkpoint(enc.state_dict(), tmp_path / "finetune" / "checkpoint.pt")
+    params = {
+        "device": "cpu",
+        "data": {"index": str(index_path)},
+        "mae_pretrain": {"encoder": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}},
+        "mae_finetune": {"out": str(tmp_path / "finetune")},
+        "features": {"dir": str(features_dir), "batch_size": 8, "num_workers": 0},
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _run_stage(params: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "mambava.cli", "--params", str(params), "features"],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_interrupt_and_resume_gives_the_same_arrays(tmp_path):
+    videos = {f"v{k}": {"split": "train", "n_frames": 20 + 3 * k, "missing": [2, 7]} for k in range(6)}
+    index_path = make_layout(tmp_path / "data", videos)
+    full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
+    r = _run_stage(_stage_params(tmp_path / "a", index_path, full_dir))
+    assert r.returncode == 0, r.stderr
+
+    params = _stage_params(tmp_path / "b", index_path, resumed_dir)
+    r = _run_stage(params, {KILL_AFTER_ENV: "2"})  # SIGKILLed while writing the third video
+    assert r.returncode == -9, (r.returncode, r.stderr[-2000:])
+    assert len([p for p in resumed_dir.glob("v*.npy") if not p.name.endswith(".mask.npy")]) == 2
+    assert list(resumed_dir.glob("*.tmp")), "the kill should leave a partial write behind"
+    r = _run_stage(params)
+    assert r.returncode == 0, r.stderr
+    summary = yaml.safe_load((resumed_dir / "_summary.json").read_text())
+    assert summary["videos_skipped"] == 2 and summary["videos_written"] == 4
+    assert not list(resumed_dir.glob("*.tmp"))
+    for video in videos:
+        for suffix in (".npy", ".mask.npy"):
+            a = (full_dir / f"{video}{suffix}").read_bytes()
+            b = (resumed_dir / f"{video}{suffix}").read_bytes()
+            assert a == b, f"{video}{suffix} differs after resume"
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_dataloader_workers_give_the_same_arrays(tmp_path, workers):
+    index_path = make_layout(tmp_path / "data", VIDEOS)
+    _extract(index_path, tmp_path / "w0", batch_size=5, num_workers=0)
+    _extract(index_path, tmp_path / "wn", batch_size=5, num_workers=workers)
+    for video in VIDEOS:
+        assert (tmp_path / "w0" / f"{video}.npy").read_bytes() == (tmp_path / "wn" / f"{video}.npy").read_bytes()
