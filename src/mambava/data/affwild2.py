@@ -1,0 +1,314 @@
+"""Aff-Wild2 valence-arousal data in its official layout: read, validate, index.
+
+The layout (8th ABAW release), relative to a root folder::
+
+    cropped_aligned/<video>/00001.jpg          5-digit, 1-based face crops; frames with no face
+                                               found are absent
+    annotations/VA_Estimation_Challenge/
+        Train_Set/<video>.txt                  first line `valence,arousal`, then one line per
+        Validation_Set/<video>.txt             video frame, values in [-1, 1]; -5 = not annotated
+    <test list>                                names of the test videos, one per line
+
+Test labels are not public for the real data; the synthetic twin writes them to a separate
+folder (``data.test_labels``), in the same format, so its test table can be scored.
+
+Every later stage reads the *index*: one table of videos with columns
+``video, split, n_frames, n_frames_on_disk, n_annotated, path, annotation``. ``n_frames`` is the
+length of the video: the number of annotation lines where labels exist, otherwise the highest
+frame number on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CROPS = "cropped_aligned"
+ANNOTATIONS = Path("annotations") / "VA_Estimation_Challenge"
+SPLIT_DIRS = {"train": "Train_Set", "validation": "Validation_Set"}
+HEADER = "valence,arousal"
+UNLABELLED = -5.0
+FRAME_RE = re.compile(r"^(\d{5})\.jpg$")
+INDEX_COLUMNS = ["video", "split", "n_frames", "n_frames_on_disk", "n_annotated", "path", "annotation"]
+
+
+class AnnotationError(ValueError):
+    """An annotation file that cannot be read; the message names file and line."""
+
+
+def frame_path(video_dir: str | Path, i: int) -> Path:
+    """Path of frame ``i`` (1-based) of a video folder: ``00001.jpg`` for i = 1."""
+    return Path(video_dir) / f"{i:05d}.jpg"
+
+
+def frames_on_disk(video_dir: str | Path) -> np.ndarray:
+    """Sorted 1-based frame numbers of the correctly named JPEGs in a video folder."""
+    numbers = []
+    with os.scandir(video_dir) as it:
+        for entry in it:
+            m = FRAME_RE.match(entry.name)
+            if m:
+                numbers.append(int(m.group(1)))
+    return np.array(sorted(numbers), dtype=np.int64)
+
+
+def check_annotation_lines(path: Path) -> tuple[np.ndarray | None, list[str]]:
+    """Parse an annotation file line by line; return (labels or None, problems with file:line)."""
+    problems: list[str] = []
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [f"{path}: cannot read: {exc}"]
+    lines = text.splitlines()
+    if not lines:
+        return None, [f"{path}:1: empty file (expected the header '{HEADER}')"]
+    if lines[0].strip().replace(" ", "") != HEADER:
+        problems.append(f"{path}:1: wrong or missing header {lines[0][:40]!r} (expected '{HEADER}')")
+        body_start = 0 if _looks_numeric(lines[0]) else 1
+    else:
+        body_start = 1
+    values = np.full((len(lines) - body_start, 2), np.nan, dtype=np.float32)
+    for k, line in enumerate(lines[body_start:]):
+        lineno = k + body_start + 1
+        parts = line.strip().split(",")
+        if len(parts) != 2:
+            problems.append(f"{path}:{lineno}: expected 2 comma-separated values, got {line.strip()[:40]!r}")
+            continue
+        try:
+            v, a = float(parts[0]), float(parts[1])
+        except ValueError:
+            problems.append(f"{path}:{lineno}: non-numeric value in {line.strip()[:40]!r}")
+            continue
+        for name, x in (("valence", v), ("arousal", a)):
+            if not np.isfinite(x) or (x != UNLABELLED and not -1.0 <= x <= 1.0):
+                problems.append(f"{path}:{lineno}: {name} {x} outside [-1, 1] (and not -5)")
+        values[k] = (v, a)
+    return (None if problems else values), problems
+
+
+def _looks_numeric(line: str) -> bool:
+    try:
+        [float(p) for p in line.split(",")]
+        return True
+    except ValueError:
+        return False
+
+
+def read_annotation(path: str | Path) -> np.ndarray:
+    """Labels of one video as a (n_frames, 2) float32 array (valence, arousal); -5 kept.
+
+    Raises AnnotationError naming the file and line of the first problems.
+    """
+    path = Path(path)
+    try:  # fast path: pandas' C parser; any irregularity falls back to the line-wise check
+        df = pd.read_csv(path, dtype=np.float32)
+        if list(df.columns) == ["valence", "arousal"]:
+            arr = df.to_numpy(dtype=np.float32)
+            ok = np.isfinite(arr).all() and ((arr == UNLABELLED) | ((arr >= -1) & (arr <= 1))).all()
+            if ok:
+                return arr
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        pass
+    values, problems = check_annotation_lines(path)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise AnnotationError("\n".join(problems[:5]) + more)
+    return values
+
+
+def write_annotation(path: str | Path, labels: np.ndarray) -> None:
+    """Write (n, 2) labels in the official format, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(HEADER + "\n")
+        for v, a in labels:
+            f.write(f"{_fmt(v)},{_fmt(a)}\n")
+    os.replace(tmp, path)
+
+
+def _fmt(x: float) -> str:
+    return "-5" if x == UNLABELLED else f"{x:.4f}"
+
+
+def read_test_list(path: str | Path) -> list[str]:
+    """Video names from an organisers' test list (one per line; blank lines and # ignored)."""
+    names = []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names.append(line.removesuffix(".txt").removesuffix(".mp4").removesuffix(".avi"))
+    return names
+
+
+# --------------------------------------------------------------------------- index
+def build_index(root: str | Path, test_labels: str | Path | None = None, test_list: str | None = None) -> pd.DataFrame:
+    """One row per video of every split, read from a copy in the official layout."""
+    root = Path(root)
+    rows = []
+    for split, sub in SPLIT_DIRS.items():
+        folder = root / ANNOTATIONS / sub
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: annotation folder missing (is data.root = {root} right?)")
+        for ann in sorted(folder.glob("*.txt")):
+            rows.append(_index_row(root, ann.stem, split, ann))
+    if test_list is not None and (root / test_list).is_file():
+        for name in read_test_list(root / test_list):
+            ann = Path(test_labels) / f"{name}.txt" if test_labels else None
+            rows.append(_index_row(root, name, "test", ann if ann is not None and ann.is_file() else None))
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    dup = index["video"][index["video"].duplicated()]
+    if len(dup):
+        raise ValueError(f"videos listed in more than one split: {sorted(set(dup))[:10]}")
+    return index
+
+
+def _index_row(root: Path, video: str, split: str, ann: Path | None) -> dict:
+    vdir = root / CROPS / video
+    on_disk = frames_on_disk(vdir) if vdir.is_dir() else np.array([], dtype=np.int64)
+    if ann is not None:
+        labels = read_annotation(ann)
+        n_frames = len(labels)
+        n_annotated = int(((labels != UNLABELLED).all(axis=1)).sum())
+    else:
+        n_frames = int(on_disk.max()) if on_disk.size else 0
+        n_annotated = 0
+    return {
+        "video": video,
+        "split": split,
+        "n_frames": n_frames,
+        "n_frames_on_disk": int(on_disk.size),
+        "n_annotated": n_annotated,
+        "path": str(vdir),
+        "annotation": str(ann) if ann is not None else "",
+    }
+
+
+def load_index(path: str | Path) -> pd.DataFrame:
+    """Read the index written by the data stage (columns INDEX_COLUMNS)."""
+    df = pd.read_csv(path, dtype={"video": str, "split": str, "path": str, "annotation": str}, keep_default_na=False)
+    missing = [c for c in INDEX_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: index lacks columns {missing}")
+    return df
+
+
+def write_index(index: pd.DataFrame, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    index.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- validation
+@dataclass
+class _VideoCheck:
+    video: str
+    problems: list[str]
+
+
+def _check_jpegs(video_dir: Path) -> list[str]:
+    """Decode every frame (at 1/8 scale: the whole entropy stream is still read, so truncated
+    or corrupt files fail) and report the ones that are not readable JPEGs, and misnamed files."""
+    from PIL import Image
+
+    problems = []
+    with os.scandir(video_dir) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        p = video_dir / e.name
+        if not FRAME_RE.match(e.name):
+            problems.append(f"{p}: unexpected file name (expected 5-digit, 1-based frame names like 00001.jpg)")
+            continue
+        try:
+            with Image.open(p) as im:
+                if im.format != "JPEG":
+                    raise OSError(f"format is {im.format}, not JPEG")
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
+        except Exception as exc:  # PIL raises many types for broken files
+            problems.append(f"{p}: not a readable JPEG ({exc})")
+    return problems
+
+
+def validate_layout(root: str | Path, test_list: str | None = None, workers: int = 4) -> list[str]:
+    """Check a copy in the official layout; return every problem found, with file and line.
+
+    Checks: annotation folders present; header, numeric values, values in [-1, 1] or -5;
+    annotation files shorter than the frames on disk; frames that are not readable JPEGs or are
+    misnamed; empty video folders; annotation files without frames; frames without annotations
+    (video folders in no split and not in the test list, when one is given).
+    """
+    root = Path(root)
+    problems: list[str] = []
+    crops = root / CROPS
+    if not root.is_dir():
+        return [f"{root}: folder does not exist"]
+    if not crops.is_dir():
+        problems.append(f"{crops}: missing (expected cropped_aligned/<video>/00001.jpg ...)")
+    annotated: dict[str, Path] = {}
+    for sub in SPLIT_DIRS.values():
+        folder = root / ANNOTATIONS / sub
+        if not folder.is_dir():
+            problems.append(f"{folder}: missing annotation folder")
+            continue
+        for ann in sorted(folder.glob("*.txt")):
+            if ann.stem in annotated:
+                problems.append(f"{ann}: video also annotated in {annotated[ann.stem]}")
+            annotated[ann.stem] = ann
+    test_videos: set[str] = set()
+    if test_list is not None:
+        tl = Path(test_list) if Path(test_list).is_absolute() else root / test_list
+        if tl.is_file():
+            test_videos = set(read_test_list(tl))
+        else:
+            problems.append(f"{tl}: test list not found")
+    video_dirs = {p.name: p for p in crops.iterdir() if p.is_dir()} if crops.is_dir() else {}
+
+    def check_video(video: str) -> _VideoCheck:
+        out: list[str] = []
+        vdir = video_dirs.get(video)
+        ann = annotated.get(video)
+        frames = frames_on_disk(vdir) if vdir is not None else np.array([], dtype=np.int64)
+        empty = vdir is not None and not any(vdir.iterdir())
+        if empty:
+            out.append(f"{vdir}: empty video folder")
+        elif vdir is not None:
+            out.extend(_check_jpegs(vdir))
+        if ann is not None:
+            labels, ann_problems = check_annotation_lines(ann)
+            out.extend(ann_problems)
+            if vdir is None:
+                out.append(f"{ann}: annotation file without frames ({crops / video} does not exist)")
+            elif frames.size:
+                n_lines = len(labels) if labels is not None else _count_body_lines(ann)
+                if frames.max() > n_lines:
+                    out.append(
+                        f"{ann}:{n_lines + 1}: annotation file shorter than the frames on disk "
+                        f"({n_lines} label lines, frames up to {frames.max():05d}.jpg)"
+                    )
+        elif vdir is not None and not empty and video not in test_videos:
+            out.append(f"{vdir}: frames without annotations (no {video}.txt in any split" + (
+                " nor in the test list)" if test_list is not None else ")"))
+        if video in test_videos and vdir is None:
+            out.append(f"{crops / video}: listed in the test list but has no frames")
+        return _VideoCheck(video, out)
+
+    videos = sorted(set(video_dirs) | set(annotated) | test_videos)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(check_video, videos):
+            problems.extend(result.problems)
+    return problems
+
+
+def _count_body_lines(path: Path) -> int:
+    with open(path, errors="replace") as f:
+        return max(0, sum(1 for _ in f) - 1)

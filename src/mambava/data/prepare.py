@@ -1,0 +1,56 @@
+"""The DVC stage `data`: generate the synthetic twin or index a local Aff-Wild2 copy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from mambava.config import Config
+from mambava.data.affwild2 import build_index, validate_layout, write_index
+
+log = logging.getLogger("mambava.data")
+
+
+def prepare(cfg: Config) -> None:
+    d = cfg.data
+    t0 = time.perf_counter()
+    if d.source == "synthetic":
+        from mambava.data.synthetic import generate_twin
+
+        twin_dir = Path(d.root).parent
+        generate_twin(d.synthetic, d.root, d.test_labels, twin_dir / "truth", d.test_list)
+        log.info("synthetic twin written to %s in %.1f s", d.root, time.perf_counter() - t0)
+    else:
+        root = Path(d.root)
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"data.root = {root}: no such folder. Point data.root in params.yaml at your Aff-Wild2 copy "
+                "(the folder holding cropped_aligned/ and annotations/); nothing is downloaded."
+            )
+        problems = validate_layout(root, test_list=d.test_list if (root / d.test_list).is_file() else None)
+        if problems:
+            for p in problems[:50]:
+                log.error(p)
+            raise ValueError(f"{root}: {len(problems)} problem(s) in the Aff-Wild2 copy (see `mambava data validate --root {root}`)")
+        # DVC tracks data/twin as this stage's output; with real data it holds only this note.
+        twin_dir = Path("data/twin")
+        twin_dir.mkdir(parents=True, exist_ok=True)
+        (twin_dir / "README.txt").write_text(f"data.source is affwild2: the data is read from {root}.\n")
+    index = build_index(d.root, d.test_labels, d.test_list)
+    write_index(index, d.index)
+    summary = {
+        "source": d.source,
+        "videos": {s: int((index.split == s).sum()) for s in ("train", "validation", "test")},
+        "frames": int(index.n_frames.sum()),
+        "frames_on_disk": int(index.n_frames_on_disk.sum()),
+        "frames_annotated": int(index.n_annotated.sum()),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    out = Path(d.index).with_name("summary.json")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, out)
+    log.info("index of %d videos written to %s: %s", len(index), d.index, summary)
