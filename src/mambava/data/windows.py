@@ -1,0 +1,221 @@
+"""Windows over videos, and the folds of the study.
+
+**Windows.** A video of ``n`` frames is cut into segments of ``w`` frames with stride ``s``. The
+full windows start at 0, s, 2s, ... while they fit (``start + w <= n``). What happens to the
+frames after the last full window is the ``last`` setting:
+
+- ``pad`` (our default): one more window starts at the next stride position and holds the
+  remaining ``n - start`` frames; it is padded on the right to ``w`` frames with zero features
+  and ``-5`` labels, so the loss ignores the padding. No frame is lost, and because every model
+  of the study is causal (causal TCN, Mamba, causal Transformer), right padding cannot change the
+  outputs on the real frames. A video shorter than ``w`` becomes one padded window.
+- ``drop`` (the authors' training code): the partial window is dropped, so the last
+  ``(n - w) mod s`` frames of every video never reach the loss, and a video shorter than ``w``
+  is not used at all.
+- ``shift``: one more full window ending at the last frame (``start = n - w``); it overlaps its
+  neighbour more than ``w - s`` frames. A video shorter than ``w`` is one padded window.
+
+With ``s == w`` (the authors' 500/500 test inference) and ``pad``, windows tile the video.
+
+**Folds.** Fold 0 is the official split: train on ``train`` videos, validate on ``validation``.
+Folds 1..k are a k-fold cross validation over the train and validation videos together. Videos
+are grouped by person recording: ``<name>_left`` and ``<name>_right`` (two people in one video)
+form one group, so the two never fall on different sides of a split. Groups are shuffled with a
+seed and then given, largest first, to the fold with the fewest frames so far (folds of similar
+size in frames, not only in videos). The result is a table ``video, split, group, cv_fold``
+(``cv_fold`` = the fold in which the video is validation; 0 for test videos), saved by the
+``folds`` stage; :func:`fold_videos` reads a fold back from it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+UNLABELLED = -5.0
+LastWindow = Literal["pad", "drop", "shift"]
+FOLD_COLUMNS = ["video", "split", "group", "n_frames", "cv_fold"]
+_PAIR_RE = re.compile(r"^(.*)_(left|right)$")
+
+
+# --------------------------------------------------------------------------- windows
+def window_starts(n: int, w: int, s: int, last: LastWindow = "pad") -> list[int]:
+    """Start frames (0-based) of the windows over a video of ``n`` frames (module doc).
+
+    A window starting at ``t`` covers frames ``t .. min(t + w, n) - 1``; a window shorter than
+    ``w`` is padded by :class:`Windows`.
+    """
+    if w < 1 or s < 1:
+        raise ValueError(f"window length and stride must be >= 1 (got w={w}, s={s})")
+    if last not in ("pad", "drop", "shift"):
+        raise ValueError(f"unknown last-window policy {last!r}; choose pad, drop or shift")
+    if n <= 0:
+        return []
+    starts = list(range(0, n - w + 1, s)) if n >= w else []
+    covered = starts[-1] + w if starts else 0
+    if covered < n and last != "drop":
+        if not starts:
+            starts.append(0)
+        elif last == "pad":
+            starts.append(starts[-1] + s)
+        else:  # shift
+            starts.append(n - w)
+    return starts
+
+
+def pad_to(x: np.ndarray, length: int, value: float) -> np.ndarray:
+    """``x`` (frames, ...) padded on the right with ``value`` to ``length`` frames."""
+    if len(x) >= length:
+        return x[:length]
+    out = np.full((length, *x.shape[1:]), value, dtype=x.dtype)
+    out[: len(x)] = x
+    return out
+
+
+@dataclass(frozen=True)
+class Video:
+    """One video in memory: features (n, dim) float32 and labels (n, 2) float32 with -5."""
+
+    name: str
+    features: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        if len(self.features) != len(self.labels):
+            raise ValueError(
+                f"{self.name}: {len(self.features)} feature rows but {len(self.labels)} label rows"
+            )
+
+
+class Windows:
+    """Fixed-length windows over a list of videos, as a map-style dataset.
+
+    Item ``i`` is ``(x, y)``: x (w, dim) float32, y (w, 2) float32, padding labelled -5 so that
+    the CCC loss ignores it. ``index`` lists (video number, start) of every window in order.
+    """
+
+    def __init__(self, videos: Sequence[Video], w: int, s: int, last: LastWindow = "pad"):
+        self.videos = list(videos)
+        self.w, self.s, self.last = w, s, last
+        self.index = [(k, t) for k, v in enumerate(self.videos) for t in window_starts(len(v.labels), w, s, last)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        k, t = self.index[i]
+        v = self.videos[k]
+        x = pad_to(np.asarray(v.features[t : t + self.w], dtype=np.float32), self.w, 0.0)
+        y = pad_to(np.asarray(v.labels[t : t + self.w], dtype=np.float32), self.w, UNLABELLED)
+        return x, y
+
+    def batch(self, items: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Stack the windows ``items`` into (b, w, dim) and (b, w, 2)."""
+        xs, ys = zip(*(self[i] for i in items))
+        return np.stack(xs), np.stack(ys)
+
+    def frames_used(self) -> int:
+        """Real (unpadded) frame positions covered by at least one window, over all videos."""
+        total = 0
+        for k, v in enumerate(self.videos):
+            seen = np.zeros(len(v.labels), dtype=bool)
+            for kk, t in self.index:
+                if kk == k:
+                    seen[t : t + self.w] = True
+            total += int(seen.sum())
+        return total
+
+
+# --------------------------------------------------------------------------- folds
+def group_of(video: str) -> str:
+    """The recording a video belongs to: ``<name>`` for ``<name>_left``/``<name>_right``."""
+    m = _PAIR_RE.match(video)
+    return m.group(1) if m else video
+
+
+def make_folds(index: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.DataFrame:
+    """Assign every train/validation video a cross-validation fold 1..n_splits (module doc).
+
+    index: the data index (columns ``video, split, n_frames`` at least). Returns a table with
+    columns ``video, split, group, n_frames, cv_fold`` in index order; test videos get 0.
+    Deterministic in (the set of videos, n_splits, seed); independent of row order.
+    """
+    missing = {"video", "split", "n_frames"} - set(index.columns)
+    if missing:
+        raise ValueError(f"index lacks columns {sorted(missing)}")
+    df = index[["video", "split", "n_frames"]].copy()
+    df["group"] = df["video"].map(group_of)
+    pool = df[df["split"].isin(["train", "validation"])]
+    sizes = pool.groupby("group")["n_frames"].sum().sort_index()  # sorted: order-independent
+    if len(sizes) < n_splits:
+        raise ValueError(f"{len(sizes)} train/validation groups cannot make {n_splits} folds")
+    mixed = pool.groupby("group")["split"].nunique()
+    if (mixed > 1).any():  # the official split keeps pairs together; say so if a copy does not
+        raise ValueError(f"groups split across train and validation: {sorted(mixed[mixed > 1].index)}")
+    rng = np.random.default_rng(seed)
+    groups = list(sizes.index[rng.permutation(len(sizes))])
+    # largest first (stable, so equal sizes keep the seeded order), each to the lightest fold
+    groups.sort(key=lambda g: -int(sizes[g]))
+    load = np.zeros(n_splits, dtype=np.int64)
+    count = np.zeros(n_splits, dtype=np.int64)
+    fold_of: dict[str, int] = {}
+    for g in groups:
+        f = int(np.lexsort((np.arange(n_splits), count, load))[0])  # fewest frames, then videos
+        fold_of[g] = f + 1
+        load[f] += int(sizes[g])
+        count[f] += 1
+    df["cv_fold"] = [fold_of.get(g, 0) if s != "test" else 0 for g, s in zip(df["group"], df["split"])]
+    return df[FOLD_COLUMNS].reset_index(drop=True)
+
+
+def fold_videos(folds: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
+    """(train videos, validation videos) of ``fold``: 0 = official split, 1..k = CV folds."""
+    if fold == 0:
+        train = folds.loc[folds["split"] == "train", "video"]
+        val = folds.loc[folds["split"] == "validation", "video"]
+    else:
+        k = int(folds["cv_fold"].max())
+        if not 1 <= fold <= k:
+            raise ValueError(f"fold {fold} does not exist (folds file has 0..{k})")
+        pool = folds[folds["split"] != "test"]
+        train = pool.loc[pool["cv_fold"] != fold, "video"]
+        val = pool.loc[pool["cv_fold"] == fold, "video"]
+    return list(train), list(val)
+
+
+def write_folds(folds: pd.DataFrame, path: str | Path) -> None:
+    """Write the folds table atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    folds.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_folds(path: str | Path) -> pd.DataFrame:
+    """Read a folds table written by :func:`write_folds`; errors name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: folds file not found (run `dvc repro folds`)")
+    df = pd.read_csv(path, dtype={"video": str, "split": str, "group": str})
+    missing = set(FOLD_COLUMNS) - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    return df
+
+
+def fold_summary(folds: pd.DataFrame) -> dict:
+    """Videos and frames per CV fold, for the stage's metrics file."""
+    pool = folds[folds["split"] != "test"]
+    out = {"n_splits": int(pool["cv_fold"].max())}
+    for f, part in pool.groupby("cv_fold"):
+        out[f"fold{f}_videos"] = int(len(part))
+        out[f"fold{f}_frames"] = int(part["n_frames"].sum())
+    return out
