@@ -173,6 +173,23 @@ class FeaturesConfig(Section):
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA only
 
 
+# --------------------------------------------------------------------------- book
+class BookConfig(Section):
+    """The book's notebooks (notebooks/*.ipynb, executed by papermill into book/notebooks/).
+
+    Each value reaches its notebook as ``papermill -p``, so changing one reruns that notebook and
+    the book only. Not part of the profiles: the book reads whatever the pipeline produced.
+    """
+
+    runs: str = "outputs/runs"  # train/evaluate write <variant>/fold<k>/ here
+    variant: str = "mamba_va"  # the model of Tables 1 and 2, Long sequences and Predictions
+    reference: str = "mamba_va"  # Ablations: paired differences are taken against this variant
+    n_boot: int = Field(1000, ge=10)  # video-level bootstrap resamples for intervals the book computes
+    sweep_steps: int = Field(7, ge=2)  # Data: faces along each valence / arousal sweep
+    projection_points: int = Field(3000, ge=10)  # Features: frames drawn for the 2-D projection
+    prediction_fold: int = Field(0, ge=0)  # Predictions: whose validation videos are plotted
+
+
 # --------------------------------------------------------------------------- root
 class Config(Section):
     profile: str = "default"
@@ -183,6 +200,7 @@ class Config(Section):
     mae_pretrain: MaePretrainConfig = MaePretrainConfig()
     mae_finetune: MaeFinetuneConfig = MaeFinetuneConfig()
     features: FeaturesConfig = FeaturesConfig()
+    book: BookConfig = BookConfig()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
