@@ -134,11 +134,11 @@ class MaePretrainConfig(Section):
     # Start from this local checkpoint (facebookresearch/mae `{"model": ...}` or timm's MAE ViT
     # weights, .pth/.pt/.bin/.safetensors) instead of random weights; null = from scratch.
     checkpoint: str | None = None
-    steps: int = Field(600, ge=0)  # 0 with a checkpoint: use its weights as they are
-    batch_size: int = Field(64, ge=1)
+    steps: int = Field(250, ge=0)  # 0 with a checkpoint: use its weights as they are
+    batch_size: int = Field(48, ge=1)
     lr: float = Field(1.5e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
-    warmup_steps: int = Field(60, ge=0)
+    warmup_steps: int = Field(25, ge=0)
     mask_ratio: float = Field(0.75, gt=0, lt=1)
     norm_pix_loss: bool = True  # per-patch normalised pixel targets (MAE's better setting)
     decoder_dim: int = Field(128, ge=4)
@@ -154,11 +154,11 @@ class MaeFinetuneConfig(Section):
 
     freeze_blocks: int = Field(4, ge=0)  # patch embedding + the first k blocks are frozen
     loss: Literal["mse", "ccc"] = "mse"
-    steps: int = Field(400, ge=0)
-    batch_size: int = Field(64, ge=1)
+    steps: int = Field(200, ge=0)
+    batch_size: int = Field(48, ge=1)
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.05, ge=0)
-    warmup_steps: int = Field(40, ge=0)
+    warmup_steps: int = Field(20, ge=0)
     val_max_frames: int | None = Field(None, ge=1)  # evenly spaced subset of validation; null = all
     num_workers: int = Field(2, ge=0)
     out: str = "outputs/mae_finetune"
@@ -190,6 +190,54 @@ class BookConfig(Section):
     prediction_fold: int = Field(0, ge=0)  # Predictions: whose validation videos are plotted
 
 
+# --------------------------------------------------------------------------- folds, train, evaluate
+class FoldsConfig(Section):
+    """Fold 0 = the official split; folds 1..n_splits = grouped CV (mambava.data.windows)."""
+
+    n_splits: int = Field(5, ge=2)
+    seed: int = 42  # shuffles the groups before the frame-balanced assignment
+    file: str = "outputs/folds.csv"
+
+
+class TrainConfig(Section):
+    """Training of the temporal model on windows of features (mambava.train).
+
+    The learning rate rises linearly for ``warmup_epochs``, then follows cosine annealing with
+    warm restarts (period ``restart_epochs``, multiplied by ``restart_mult`` after each restart),
+    stepped every batch. ``model.dropout`` is the dropout.
+    """
+
+    seed: int = 42  # weights, data order (a function of seed and epoch) and dropout
+    epochs: int = Field(50, ge=1)
+    warmup_epochs: int = Field(5, ge=0)
+    restart_epochs: int = Field(45, ge=1)  # first cosine period after warm-up
+    restart_mult: int = Field(1, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+    weight_decay: float = Field(1e-3, ge=0)
+    batch_size: int = Field(16, ge=1)
+    window: int = Field(300, ge=1)  # folds 1-5 (paper: 300/200)
+    stride: int = Field(200, ge=1)
+    window_fold0: int = Field(1000, ge=1)  # fold 0 (paper: 1000/800)
+    stride_fold0: int = Field(800, ge=1)
+    last_window: Literal["pad", "drop", "shift"] = "pad"  # see mambava.data.windows
+    evals_per_epoch: int = Field(4, ge=1)
+    grad_clip: float = Field(1.0, gt=0)
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; null = torch's default
+    out: str = "outputs/runs"  # <out>/<variant>/fold<k>/
+
+
+class EvaluateConfig(Section):
+    """Inference and scoring (mambava.evaluate); the in-training validation uses it too."""
+
+    inference: Literal["whole", "windows"] = "whole"  # one pass per video, or windows below
+    window: int = Field(500, ge=1)  # the authors' test inference: 500/500
+    stride: int = Field(500, ge=1)
+    n_boot: int = Field(1000, ge=0)  # video-level bootstrap resamples (0 = no intervals)
+    boot_seed: int = 0
+    level: float = Field(0.95, gt=0, lt=1)
+
+
 # --------------------------------------------------------------------------- root
 class Config(Section):
     profile: str = "default"
@@ -200,6 +248,9 @@ class Config(Section):
     mae_pretrain: MaePretrainConfig = MaePretrainConfig()
     mae_finetune: MaeFinetuneConfig = MaeFinetuneConfig()
     features: FeaturesConfig = FeaturesConfig()
+    folds: FoldsConfig = FoldsConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     book: BookConfig = BookConfig()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
