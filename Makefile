@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# DVC stages call `mambava`, `papermill`, `jupyter-book` by name: put the venv first on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: repro test test-slow test-all install lock bench clean-venv
 

@@ -74,7 +74,7 @@ def test_torch_ccc_agrees_and_has_gradients():
     assert torch.isfinite(p.grad).all()
     assert float(p.grad[0, :10].abs().sum()) == 0.0  # unlabelled frames get no gradient
     expected = 2 - ccc(p[..., 0].detach().numpy(), t[..., 0]) - ccc(p[..., 1].detach().numpy(), t[..., 1])
-    assert float(loss) == pytest.approx(expected, abs=1e-5)
+    assert float(loss.detach()) == pytest.approx(expected, abs=1e-5)
 
 
 def test_bootstrap_interval_brackets_the_estimate():
