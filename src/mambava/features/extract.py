@@ -299,16 +299,16 @@ def _probe_dim(encoder: nn.Module, img_size: int, device: torch.device) -> int:
 
 def run(cfg) -> dict:
     """The `features` stage: the fine-tuned encoder over every frame of the index."""
-    from mambava.features.finetune import checkpoint_file as finetune_checkpoint
     from mambava.features.frames import load_index
     from mambava.features.mae import EncoderSpec, load_encoder, resolve_device
 
     enc_cfg = cfg.mae_pretrain.encoder
     spec = EncoderSpec.from_config(enc_cfg)
-    ckpt = finetune_checkpoint(cfg)
+    ckpt = Path(cfg.mae_finetune.out) / "checkpoint.pt"  # written by the mae_finetune stage
     encoder = load_encoder(spec, ckpt)
     fingerprint = {
         "checkpoint_sha256": file_sha256(ckpt),
+        "index_sha256": file_sha256(cfg.data.index),
         "encoder": spec.describe(),
         "mean": list(enc_cfg.mean),
         "std": list(enc_cfg.std),
