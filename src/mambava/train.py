@@ -1,0 +1,374 @@
+"""Training of one (variant, fold): the ``train`` stage.
+
+Windows of ``train.window`` frames with stride ``train.stride`` (``window_fold0``/``stride_fold0``
+on fold 0) of the fold's training videos, in batches of ``train.batch_size``; loss
+``(1 - CCC_v) + (1 - CCC_a)`` over the batch with frames labelled -5 (and window padding) masked;
+AdamW; the learning rate rises linearly for ``warmup_epochs`` and then follows cosine annealing
+with warm restarts, stepped per batch (:func:`lr_factor`, the curve of PyTorch's
+``CosineAnnealingWarmRestarts``); gradients clipped to ``grad_clip``. The fold's validation
+videos are predicted ``evals_per_epoch`` times per epoch with the ``evaluate`` section's
+inference; the weights with the best CCC_v + CCC_a are kept in ``best.pt``.
+
+**Resuming.** At every validation the whole state (weights, optimizer, scheduler, RNG states,
+step, best so far, logs so far) is written atomically to ``last.pt`` in the run folder. A run
+that finds a ``last.pt`` with the same fingerprint (settings, videos, features) continues from it;
+the data order of an epoch is a permutation drawn from (seed, epoch), so the continued run sees
+the same batches as an uninterrupted one and, on CPU, ends with bitwise the same weights.
+``last.pt`` is deleted when the run completes (it is not a stage output).
+
+Files in ``<train.out>/<variant>/fold<k>/``:
+
+- ``best.pt``: ``{"model": state_dict, "model_cfg": dict, "variant", "fold", "step", ...}``,
+  loadable with ``torch.load(..., weights_only=True)``;
+- ``train_metrics.json``: best validation CCCs and step, time per epoch, peak memory, device,
+  scan backend, versions, seed;
+- ``logs/steps.csv`` (step, epoch, lr, loss, grad_norm) and ``logs/evals.csv`` (step, epoch,
+  ccc_valence, ccc_arousal, p_va): DVC plots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from mambava.data.windows import Video, Windows
+from mambava.metrics import ccc_loss, ccc_va
+
+log = logging.getLogger("mambava.train")
+
+STEP_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm"]
+EVAL_COLUMNS = ["step", "epoch", "ccc_valence", "ccc_arousal", "p_va"]
+CHECKPOINT_FORMAT = 1
+
+
+class Interrupted(RuntimeError):
+    """Raised by the ``interrupt_at`` test hook, as if the process had been killed there."""
+
+
+# --------------------------------------------------------------------------- schedule
+def lr_factor(step: int, warmup_steps: int, period_steps: int, mult: int = 1, min_ratio: float = 0.0) -> float:
+    """Learning-rate multiplier after ``step`` optimizer steps.
+
+    Linear warm-up from 1/warmup to 1 over ``warmup_steps``, then cosine annealing with warm
+    restarts from 1 to ``min_ratio`` over periods of ``period_steps`` (x ``mult`` after each).
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = step - warmup_steps
+    period = max(1, period_steps)
+    if mult == 1:
+        t %= period
+    else:
+        n = int(math.log(t / period * (mult - 1) + 1, mult))
+        t -= period * (mult**n - 1) // (mult - 1)
+        period *= mult**n
+    return min_ratio + (1.0 - min_ratio) * (1.0 + math.cos(math.pi * t / period)) / 2.0
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the ``n`` training windows in ``epoch``: a function of (seed, epoch) only."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def eval_points(steps_per_epoch: int, evals_per_epoch: int) -> set[int]:
+    """In-epoch step counts (1..steps_per_epoch) after which to validate; always the last."""
+    k = min(evals_per_epoch, steps_per_epoch)
+    return {round(i * steps_per_epoch / k) for i in range(1, k + 1)}
+
+
+# --------------------------------------------------------------------------- files
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_rows(path: Path, columns: Sequence[str], rows: Sequence[Sequence[float]]) -> None:
+    lines = [",".join(columns)] + [",".join(_fmt(v) for v in r) for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else "nan"
+    return str(v)
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process (and of the GPU allocator when there is one), MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if sys.platform == "darwin":
+        rss /= 1024
+    out = {"peak_rss_mib": round(rss, 1)}
+    if torch.cuda.is_available():
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def environment(device: torch.device, backend: str, seed: int) -> dict:
+    return {
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "scan_backend": backend,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+    }
+
+
+# --------------------------------------------------------------------------- the loop
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def validate(model: nn.Module, videos: Sequence[Video], device: torch.device, eval_cfg) -> dict[str, float]:
+    """CCC_v, CCC_a and P_VA over the videos concatenated (the official way)."""
+    from mambava.inference import predict_videos
+
+    preds = predict_videos(model, videos, device, eval_cfg)
+    return ccc_va(np.concatenate(preds), np.concatenate([np.asarray(v.labels) for v in videos]))
+
+
+def fit(
+    model: nn.Module,
+    train_set: Windows,
+    val_videos: Sequence[Video],
+    train_cfg,
+    eval_cfg,
+    device: torch.device,
+    out_dir: str | Path,
+    fingerprint: str = "",
+    extra_best: dict | None = None,
+    progress: bool = True,
+    interrupt_at: int | None = None,
+) -> dict:
+    """Train ``model`` (initialised by the caller) and write the run's files to ``out_dir``.
+
+    Resumes from ``out_dir/last.pt`` when its fingerprint matches. ``extra_best`` is stored in
+    ``best.pt`` beside the weights (e.g. the model config). ``interrupt_at``: raise
+    :class:`Interrupted` right after that step (a test hook standing for a kill). Returns the
+    summary written to ``train_metrics.json`` minus the environment.
+    """
+    from tqdm.auto import tqdm
+
+    tc = train_cfg
+    out = Path(out_dir)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    if len(train_set) == 0:
+        raise ValueError("no training windows (videos shorter than a window with last_window: drop?)")
+    model.to(device)
+    spe = math.ceil(len(train_set) / tc.batch_size)
+    total = tc.epochs * spe
+    points = eval_points(spe, tc.evals_per_epoch)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    warm, period = tc.warmup_epochs * spe, tc.restart_epochs * spe
+    ratio = tc.min_lr / tc.lr
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, warm, period, tc.restart_mult, ratio)
+    )
+
+    step, elapsed = 0, 0.0
+    best = {"score": -math.inf, "step": 0, "ccc_valence": math.nan, "ccc_arousal": math.nan, "p_va": math.nan}
+    step_rows: list[list] = []
+    eval_rows: list[list] = []
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if last_path.exists():
+        ck = torch.load(last_path, map_location="cpu", weights_only=True)
+        if ck.get("format") == CHECKPOINT_FORMAT and ck.get("fingerprint") == fingerprint:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            _set_rng_state(ck["rng"])
+            step, elapsed, best = int(ck["step"]), float(ck["elapsed"]), dict(ck["best"])
+            step_rows, eval_rows = [list(r) for r in ck["steps"]], [list(r) for r in ck["evals"]]
+            log.info("%s: resuming at step %d of %d", last_path, step, total)
+        else:
+            log.warning("%s: from other settings or data; starting afresh", last_path)
+            last_path.unlink()
+    if step == 0 and best_path.exists():
+        best_path.unlink()
+
+    model.train()
+    bar = tqdm(total=total, initial=step, desc=out.as_posix(), unit="step", disable=not progress, leave=False)
+    t0 = time.perf_counter() - elapsed
+    while step < total:
+        epoch, k = divmod(step, spe)
+        order = epoch_order(tc.seed, epoch, len(train_set))
+        x, y = train_set.batch(order[k * tc.batch_size : (k + 1) * tc.batch_size])
+        x = torch.from_numpy(x).to(device, non_blocking=True)
+        y = torch.from_numpy(y).to(device, non_blocking=True)
+        pred = model(x)
+        loss = ccc_loss(pred.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        step += 1
+        loss_value = loss.item()
+        step_rows.append([step, round(step / spe, 4), lr, loss_value, grad_norm])
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", best=f"{best['score']:.3f}")
+        if (k + 1) in points:
+            r = validate(model, val_videos, device, eval_cfg)
+            eval_rows.append([step, round(step / spe, 4), r["ccc_valence"], r["ccc_arousal"], r["p_va"]])
+            score = r["ccc_valence"] + r["ccc_arousal"]
+            if score > best["score"]:
+                best = {"score": score, "step": step, **r}
+                atomic_torch_save(
+                    {"model": model.state_dict(), "step": step, **(extra_best or {}),
+                     "metrics": {k2: float(v) for k2, v in r.items()}},
+                    best_path,
+                )
+            elapsed = time.perf_counter() - t0
+            write_rows(out / "logs" / "steps.csv", STEP_COLUMNS, step_rows)
+            write_rows(out / "logs" / "evals.csv", EVAL_COLUMNS, eval_rows)
+            atomic_torch_save(
+                {
+                    "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "step": step,
+                    "epoch": epoch, "elapsed": elapsed, "model": model.state_dict(),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
+                    "best": best, "steps": step_rows, "evals": eval_rows,
+                },
+                last_path,
+            )
+        if interrupt_at is not None and step == interrupt_at:
+            bar.close()
+            raise Interrupted(f"interrupted after step {step}")
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    last_path.unlink(missing_ok=True)
+    return {
+        "best_step": int(best["step"]),
+        "best_epoch": round(best["step"] / spe, 4),
+        "ccc_valence": float(best["ccc_valence"]),
+        "ccc_arousal": float(best["ccc_arousal"]),
+        "p_va": float(best["p_va"]),
+        "epochs": tc.epochs,
+        "steps": total,
+        "steps_per_epoch": spe,
+        "seconds": round(elapsed, 2),
+        "seconds_per_epoch": round(elapsed / tc.epochs, 3),
+        "final_loss": float(step_rows[-1][3]),
+    }
+
+
+# --------------------------------------------------------------------------- the stage
+def fingerprint_of(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run(cfg, variant: str, fold: int, progress: bool = True, interrupt_at: int | None = None) -> dict:
+    """The ``train`` stage for one (variant, fold): read index, folds and features; train; write."""
+    from mambava.data.affwild2 import load_index
+    from mambava.data.windows import fold_videos, read_folds
+    from mambava.features.extract import feature_path
+    from mambava.inference import build_model, load_videos, resolve_device, run_dir, scan_backend, variant_model_config
+
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = resolve_device(cfg.device)
+    mcfg = variant_model_config(cfg.model, variant)
+    index = load_index(cfg.data.index)
+    train_names, val_names = fold_videos(read_folds(cfg.folds.file), fold)
+    if not train_names or not val_names:
+        raise ValueError(f"{cfg.folds.file}: fold {fold} has {len(train_names)} train and {len(val_names)} validation videos")
+    train_videos = load_videos(index, train_names, cfg.features.dir)
+    val_videos = load_videos(index, val_names, cfg.features.dir)
+    dim = train_videos[0].features.shape[1]
+    if dim != mcfg.input_dim:
+        raise ValueError(
+            f"{feature_path(cfg.features.dir, train_names[0])}: features are {dim}-d but model.input_dim is "
+            f"{mcfg.input_dim} (set model.input_dim to the encoder's embed_dim)"
+        )
+    w, s = (tc.window_fold0, tc.stride_fold0) if fold == 0 else (tc.window, tc.stride)
+    train_set = Windows(train_videos, w, s, tc.last_window)
+
+    torch.manual_seed(tc.seed)
+    model = build_model(mcfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    backend = scan_backend(mcfg, device)
+    out = run_dir(tc.out, variant, fold)
+    parts = {
+        "train": tc.model_dump(exclude={"threads", "out"}), "model": mcfg.model_dump(),
+        "evaluate": cfg.evaluate.model_dump(include={"inference", "window", "stride"}),
+        "variant": variant, "fold": fold, "train_videos": train_names, "val_videos": val_names,
+        "features": [os.stat(feature_path(cfg.features.dir, v)).st_size for v in train_names + val_names],
+    }
+    log.info(
+        "train %s fold %d on %s (scan %s): %d videos, %d windows of %d/%d, %d validation videos, %.2fM parameters",
+        variant, fold, device, backend, len(train_names), len(train_set), w, s, len(val_names), n_params / 1e6,
+    )
+    summary = fit(
+        model, train_set, val_videos, tc, cfg.evaluate, device, out,
+        fingerprint=fingerprint_of(parts),
+        extra_best={"model_cfg": mcfg.model_dump(), "variant": variant, "fold": fold},
+        progress=progress, interrupt_at=interrupt_at,
+    )
+    metrics = {
+        **summary,
+        "variant": variant,
+        "fold": fold,
+        "n_params": n_params,
+        "n_train_videos": len(train_names),
+        "n_val_videos": len(val_names),
+        "n_train_windows": len(train_set),
+        "window": w,
+        "stride": s,
+        **environment(device, backend, tc.seed),
+        **peak_memory(),
+    }
+    atomic_write_text(out / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
+    log.info(
+        "%s: best CCC_v %.4f CCC_a %.4f at step %d; %.1f s", out, metrics["ccc_valence"],
+        metrics["ccc_arousal"], metrics["best_step"], metrics["seconds"],
+    )
+    return metrics
+
+
+def load_best(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """The model of a ``best.pt`` (weights_only load) and the checkpoint's other entries."""
+    from mambava.config import ModelConfig
+    from mambava.inference import build_model
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint (run `dvc repro train`)")
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(ModelConfig.model_validate(ck["model_cfg"]))
+    model.load_state_dict(ck["model"])
+    model.to(device).eval()
+    return model, {k: v for k, v in ck.items() if k != "model"}

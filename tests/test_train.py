@@ -1,0 +1,202 @@
+"""The training loop: schedule, determinism, resume after an interruption or a kill.
+
+A small causal convolutional stand-in with dropout replaces the temporal model here, so these
+tests exercise the loop (data order, optimizer, scheduler and RNG state) quickly; the real
+variants are trained by the pipeline and by the slow test at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mambava.config import EvaluateConfig, TrainConfig
+from mambava.data.windows import Video, Windows
+from mambava.train import EVAL_COLUMNS, Interrupted, epoch_order, eval_points, fit, lr_factor
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TinyCausal(nn.Module):
+    """(batch, length, dim) -> (batch, length, 2); causal conv, dropout, linear head."""
+
+    def __init__(self, dim: int, hidden: int = 8, k: int = 5, dropout: float = 0.3):
+        super().__init__()
+        self.k = k
+        self.conv = nn.Conv1d(dim, hidden, k)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, 2)
+
+    def forward(self, x):
+        h = nn.functional.pad(x.transpose(1, 2), (self.k - 1, 0))
+        h = torch.relu(self.conv(h)).transpose(1, 2)
+        return self.head(self.drop(h))
+
+
+def make_videos(n_videos=6, dim=6, seed=0, lengths=(90, 140)):
+    """Videos whose labels are a causal moving average of a projection of their features, some -5."""
+    rng = np.random.default_rng(seed)
+    proj = rng.normal(size=(dim, 2))
+    out = []
+    for i in range(n_videos):
+        n = int(rng.integers(*lengths))
+        f = rng.normal(size=(n, dim)).astype(np.float32)
+        z = f @ proj
+        z = np.stack([np.convolve(z[:, j], np.ones(4) / 2, "full")[:n] for j in range(2)], 1)  # causal
+        y = np.tanh(0.5 * z).astype(np.float32)
+        y[rng.random(n) < 0.05] = -5.0
+        out.append(Video(f"v{i}", f.astype(np.float16), y))
+    return out
+
+
+def configs(**kw):
+    base = dict(epochs=3, warmup_epochs=1, restart_epochs=2, lr=1e-2, batch_size=4, window=32,
+                stride=24, evals_per_epoch=2, out="unused")
+    base.update(kw)
+    return TrainConfig(**base), EvaluateConfig(inference="whole", n_boot=0)
+
+
+def train_once(out, interrupt_at=None, seed=0, **kw):
+    tc, ec = configs(seed=seed, **kw)
+    vids = make_videos()
+    torch.manual_seed(seed)
+    model = TinyCausal(6)
+    ds = Windows(vids[:4], tc.window, tc.stride, "pad")
+    return fit(model, ds, vids[4:], tc, ec, torch.device("cpu"), out, fingerprint="fp",
+               extra_best={"variant": "tiny"}, progress=False, interrupt_at=interrupt_at)
+
+
+def strip_time(summary):
+    return {k: v for k, v in summary.items() if not k.startswith("second")}
+
+
+# --------------------------------------------------------------------------- schedule
+@pytest.mark.parametrize("mult", [1, 2])
+def test_lr_factor_matches_torch_cosine_warm_restarts(mult):
+    warm, period = 5, 7
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    ref = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=period, T_mult=mult, eta_min=0.1)
+    for step in range(warm, warm + 60):
+        assert lr_factor(step, warm, period, mult, 0.1) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step()
+        ref.step()
+
+
+def test_lr_warmup_is_linear():
+    assert [lr_factor(s, 4, 10) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, 4, 10) == 1.0  # cosine starts at the top
+
+
+def test_epoch_order_and_eval_points():
+    a = epoch_order(42, 3, 50)
+    assert sorted(a) == list(range(50))
+    np.testing.assert_array_equal(a, epoch_order(42, 3, 50))
+    assert not np.array_equal(a, epoch_order(42, 4, 50))
+    assert eval_points(10, 4) == {2, 5, 8, 10}
+    assert eval_points(3, 4) == {1, 2, 3}
+    assert eval_points(7, 1) == {7}
+
+
+# --------------------------------------------------------------------------- the loop
+def test_fit_writes_logs_checkpoint_and_learns(tmp_path):
+    s = train_once(tmp_path)
+    assert not (tmp_path / "last.pt").exists()  # only kept while a run is unfinished
+    ck = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert ck["step"] == s["best_step"] and ck["variant"] == "tiny"
+    evals = np.loadtxt(tmp_path / "logs" / "evals.csv", delimiter=",", skiprows=1)
+    steps = np.loadtxt(tmp_path / "logs" / "steps.csv", delimiter=",", skiprows=1)
+    assert len(steps) == s["steps"] and len(evals) == 3 * 2
+    best_row = evals[np.argmax(evals[:, 2] + evals[:, 3])]
+    assert best_row[0] == s["best_step"]
+    assert s["ccc_valence"] == pytest.approx(best_row[2]) and s["p_va"] == pytest.approx(best_row[4])
+    assert s["p_va"] > 0.2  # it learns the synthetic relation
+    # the loop's warm-up is visible in the logged lr
+    assert steps[0, 2] < steps[s["steps_per_epoch"] - 1, 2]
+    assert open(tmp_path / "logs" / "evals.csv").readline().strip() == ",".join(EVAL_COLUMNS)
+
+
+def test_same_seed_same_result(tmp_path):
+    a = train_once(tmp_path / "a", seed=3)
+    b = train_once(tmp_path / "b", seed=3)
+    c = train_once(tmp_path / "c", seed=4)
+    assert strip_time(a) == strip_time(b)
+    wa = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert strip_time(a) != strip_time(c)
+
+
+@pytest.mark.parametrize("interrupt_at", [1, 5, 9])  # before the first save, between saves, after one
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, interrupt_at):
+    ref = train_once(tmp_path / "ref")
+    with pytest.raises(Interrupted):
+        train_once(tmp_path / "run", interrupt_at=interrupt_at)
+    resumed = train_once(tmp_path / "run")
+    assert strip_time(resumed) == strip_time(ref)
+    wa = torch.load(tmp_path / "ref" / "best.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    for f in ("steps.csv", "evals.csv"):
+        assert (tmp_path / "ref" / "logs" / f).read_text() == (tmp_path / "run" / "logs" / f).read_text()
+
+
+def test_checkpoint_from_other_settings_is_not_resumed(tmp_path):
+    with pytest.raises(Interrupted):
+        train_once(tmp_path, interrupt_at=8)
+    assert (tmp_path / "last.pt").exists()
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)  # plain tensors and containers
+    assert 0 < ck["step"] < 8
+    tc, ec = configs(seed=0)
+    torch.manual_seed(0)
+    vids = make_videos()
+    fresh = fit(TinyCausal(6), Windows(vids[:4], 32, 24), vids[4:], tc, ec, torch.device("cpu"), tmp_path,
+                fingerprint="other", progress=False)
+    assert strip_time(fresh) == strip_time(train_once(tmp_path / "ref"))
+
+
+KILL_SCRIPT = r"""
+import sys, time, torch
+sys.path.insert(0, {tests!r})
+import test_train as t
+import mambava.train as tr
+orig = tr.write_rows
+def slow_write(*a, **k):  # slow the loop down so the parent can kill it mid-run
+    orig(*a, **k); time.sleep(0.3)
+tr.write_rows = slow_write
+t.train_once({out!r})
+"""
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    ref = train_once(tmp_path / "ref")
+    out = tmp_path / "run"
+    script = KILL_SCRIPT.format(tests=str(REPO / "tests"), out=str(out))
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=REPO)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "last.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert (out / "last.pt").exists()
+    step_at_kill = torch.load(out / "last.pt", weights_only=True)["step"]
+    assert 0 < step_at_kill < ref["steps"]
+    resumed = train_once(out)
+    assert strip_time(resumed) == strip_time(ref)
+    wa = torch.load(tmp_path / "ref" / "best.pt", weights_only=True)["model"]
+    wb = torch.load(out / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
