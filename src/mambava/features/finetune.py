@@ -99,7 +99,7 @@ def train_steps(model: FrameVA, loader, steps: int, lr: float, weight_decay: flo
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")

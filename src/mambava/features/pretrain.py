@@ -112,7 +112,7 @@ def pretrain(mae: MaskedAutoencoder, loader, steps: int, lr: float, weight_decay
         loss.backward()
         torch.nn.utils.clip_grad_norm_(mae.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
