@@ -219,3 +219,19 @@ def fold_summary(folds: pd.DataFrame) -> dict:
         out[f"fold{f}_videos"] = int(len(part))
         out[f"fold{f}_frames"] = int(part["n_frames"].sum())
     return out
+
+
+def run_folds(cfg) -> pd.DataFrame:
+    """The ``folds`` stage: folds of the index's videos to ``folds.file``, a summary beside it."""
+    import json
+
+    from mambava.data.affwild2 import load_index
+
+    folds = make_folds(load_index(cfg.data.index), cfg.folds.n_splits, cfg.folds.seed)
+    path = Path(cfg.folds.file)
+    write_folds(folds, path)
+    summary = path.with_suffix(".json")
+    tmp = summary.with_name(summary.name + ".tmp")
+    tmp.write_text(json.dumps(fold_summary(folds), indent=2) + "\n")
+    os.replace(tmp, summary)
+    return folds

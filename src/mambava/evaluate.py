@@ -1,0 +1,217 @@
+"""Evaluation of one (variant, fold): the ``evaluate`` stage.
+
+The best checkpoint of the run predicts every frame of every validation video of its fold and of
+every test video (:func:`mambava.inference.predict_video`: whole videos in one pass, or the
+authors' 500/500 windows, per ``evaluate.inference``; outputs clipped to [-1, 1]). Files written
+beside the checkpoint, in ``<train.out>/<variant>/fold<k>/``:
+
+- ``predictions.csv`` / ``test_predictions.csv``: ``video, frame, valence, arousal,
+  valence_true, arousal_true``; ``frame`` is 1-based (the image ``<frame:05d>.jpg``), truth -5
+  where a frame is not annotated (every test frame of the real data);
+- ``metrics.json`` / ``test_metrics.json``: flat, ``ccc_valence, ccc_arousal, p_va`` over all
+  annotated frames of the split concatenated (the official way), ``n_frames`` (annotated frames
+  scored), ``n_videos``, video-level bootstrap bounds ``<metric>_lo``/``<metric>_hi``, and the
+  device, scan backend, inference, seed and versions; the test file has only counts when the
+  test labels are not available;
+- ``submission.csv``: the ABAW file, ``image_location,valence,arousal`` then
+  ``<video>/<frame:05d>.jpg,v,a`` for every frame of every test video in the test list's order,
+  checked by :func:`check_submission` before it is kept.
+
+The metrics are computed from the predictions as written (6 decimals) and read back, so
+recomputing them from ``predictions.csv`` gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mambava.data.windows import Video
+from mambava.metrics import bootstrap_ccc, ccc_va, label_mask
+
+log = logging.getLogger("mambava.evaluate")
+
+PRED_COLUMNS = ["video", "frame", "valence", "arousal", "valence_true", "arousal_true"]
+SUBMISSION_HEADER = "image_location,valence,arousal"
+DECIMALS = 6
+
+
+# --------------------------------------------------------------------------- predictions
+def predictions_frame(videos: Sequence[Video], preds: Sequence[np.ndarray]) -> pd.DataFrame:
+    """One row per frame of every video, in video then frame order (columns PRED_COLUMNS)."""
+    if len(videos) != len(preds):
+        raise ValueError(f"{len(videos)} videos but {len(preds)} predictions")
+    parts = []
+    for v, p in zip(videos, preds):
+        labels = np.asarray(v.labels, dtype=np.float64)
+        if p.shape != labels.shape:
+            raise ValueError(f"{v.name}: predictions {p.shape} vs labels {labels.shape}")
+        parts.append(pd.DataFrame({
+            "video": v.name,
+            "frame": np.arange(1, len(p) + 1),
+            "valence": p[:, 0].astype(np.float64),
+            "arousal": p[:, 1].astype(np.float64),
+            "valence_true": labels[:, 0],
+            "arousal_true": labels[:, 1],
+        }))
+    if not parts:
+        return pd.DataFrame(columns=PRED_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[PRED_COLUMNS]
+
+
+def write_csv(df: pd.DataFrame, path: str | Path, float_format: str | None = f"%.{DECIMALS}f") -> None:
+    """Write a table atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False, float_format=float_format)
+    os.replace(tmp, path)
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: predictions not found (run `dvc repro evaluate`)")
+    df = pd.read_csv(path, dtype={"video": str})
+    missing = [c for c in PRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    return df
+
+
+def score(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Flat metrics of a predictions table: CCCs over all annotated frames concatenated.
+
+    Without any annotated frame (real test set) only the counts are returned.
+    """
+    pred = df[["valence", "arousal"]].to_numpy(np.float64)
+    true = df[["valence_true", "arousal_true"]].to_numpy(np.float64)
+    out: dict = {
+        "n_frames": int(label_mask(true[:, 0]).sum()),
+        "n_frames_arousal": int(label_mask(true[:, 1]).sum()),
+        "n_frames_total": int(len(df)),
+        "n_videos": int(df["video"].nunique()),
+    }
+    if out["n_frames"] == 0 or out["n_frames_arousal"] == 0:
+        return out
+    out.update(ccc_va(pred, true))
+    if n_boot > 0:
+        bounds = bootstrap_ccc(pred, true, df["video"].to_numpy(), n_boot=n_boot, seed=seed, level=level)
+        for k, (lo, hi) in bounds.items():
+            out[f"{k}_lo"], out[f"{k}_hi"] = lo, hi
+    return out
+
+
+# --------------------------------------------------------------------------- submission
+def submission_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The ABAW table (image_location, valence, arousal) of a test predictions table."""
+    return pd.DataFrame({
+        "image_location": df["video"] + "/" + df["frame"].map("{:05d}.jpg".format),
+        "valence": df["valence"].to_numpy(),
+        "arousal": df["arousal"].to_numpy(),
+    })
+
+
+def check_submission(path: str | Path, videos: Sequence[str], n_frames: Sequence[int]) -> list[str]:
+    """Problems of an ABAW submission file: header, one row per frame of each video in order,
+    numbers in [-1, 1]. Returns [] when the file is right; messages name file and line."""
+    path = Path(path)
+    if not path.exists():
+        return [f"{path}: file not found"]
+    problems: list[str] = []
+    with open(path) as f:
+        header = f.readline().rstrip("\n")
+        if header != SUBMISSION_HEADER:
+            problems.append(f"{path}:1: header {header!r}, expected {SUBMISSION_HEADER!r}")
+        expected = (f"{v}/{i:05d}.jpg" for v, n in zip(videos, n_frames) for i in range(1, n + 1))
+        total = int(sum(n_frames))
+        lineno = 1
+        for lineno, line in enumerate(f, start=2):
+            parts = line.rstrip("\n").split(",")
+            want = next(expected, None)
+            if want is None:
+                problems.append(f"{path}:{lineno}: more rows than the {total} test frames")
+                break
+            if len(parts) != 3:
+                problems.append(f"{path}:{lineno}: {len(parts)} fields, expected 3")
+            elif parts[0] != want:
+                problems.append(f"{path}:{lineno}: {parts[0]!r}, expected {want!r}")
+            else:
+                try:
+                    vals = [float(parts[1]), float(parts[2])]
+                except ValueError:
+                    problems.append(f"{path}:{lineno}: not numbers: {parts[1:]!r}")
+                else:
+                    if not all(-1.0 <= x <= 1.0 for x in vals):  # also false for nan
+                        problems.append(f"{path}:{lineno}: values {vals} outside [-1, 1]")
+            if len(problems) >= 20:
+                problems.append(f"{path}: stopped after 20 problems")
+                return problems
+        rows = lineno - 1
+        if rows < total:
+            problems.append(f"{path}: {rows} rows, expected {total} (one per test frame)")
+    return problems
+
+
+# --------------------------------------------------------------------------- the stage
+def _evaluate_split(model, videos, device, ecfg, path: Path) -> dict:
+    from mambava.inference import predict_videos
+
+    preds = predict_videos(model, videos, device, ecfg)
+    write_csv(predictions_frame(videos, preds), path)
+    return score(read_predictions(path), ecfg.n_boot, ecfg.boot_seed, ecfg.level)
+
+
+def run(cfg, variant: str, fold: int) -> dict:
+    """The ``evaluate`` stage for one (variant, fold). Returns the validation metrics."""
+    import torch
+
+    from mambava.data.affwild2 import load_index
+    from mambava.data.windows import fold_videos, read_folds
+    from mambava.inference import load_videos, resolve_device, run_dir, scan_backend
+    from mambava.train import atomic_write_text, environment, load_best
+
+    ecfg = cfg.evaluate
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.device)
+    out = run_dir(cfg.train.out, variant, fold)
+    model, ck = load_best(out / "best.pt", device)
+    index = load_index(cfg.data.index)
+    _, val_names = fold_videos(read_folds(cfg.folds.file), fold)
+    test = index[index["split"] == "test"]
+    from mambava.config import ModelConfig
+
+    env = {
+        "variant": variant, "fold": fold, "inference": ecfg.inference,
+        "window": ecfg.window if ecfg.inference == "windows" else 0, "best_step": int(ck.get("step", -1)),
+        **environment(device, scan_backend(ModelConfig.model_validate(ck["model_cfg"]), device), cfg.train.seed),
+    }
+
+    val = _evaluate_split(model, load_videos(index, val_names, cfg.features.dir), device, ecfg, out / "predictions.csv")
+    metrics = {**val, **env}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+    test_videos = load_videos(index, list(test["video"]), cfg.features.dir)
+    tm = _evaluate_split(model, test_videos, device, ecfg, out / "test_predictions.csv")
+    atomic_write_text(out / "test_metrics.json", json.dumps({**tm, **env}, indent=2) + "\n")
+
+    sub = submission_frame(read_predictions(out / "test_predictions.csv"))
+    tmp = out / "submission.csv.check"
+    write_csv(sub, tmp)
+    problems = check_submission(tmp, [v.name for v in test_videos], [len(v.labels) for v in test_videos])
+    if problems:
+        raise ValueError("submission failed its check:\n" + "\n".join(problems))
+    os.replace(tmp, out / "submission.csv")
+
+    def fmt(m):
+        return f"CCC_v {m['ccc_valence']:.4f} CCC_a {m['ccc_arousal']:.4f}" if "ccc_valence" in m else "no labels"
+
+    log.info("%s %s fold %d: validation %s; test %s", out, variant, fold, fmt(val), fmt(tm))
+    return metrics

@@ -1,0 +1,218 @@
+"""Evaluation: predictions, metrics recomputed independently, inference modes, the submission;
+and the folds -> train -> evaluate stages end to end on a tiny project (stand-in model)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mambava.config import load_config
+from mambava.data.affwild2 import write_annotation
+from mambava.data.windows import Video
+from mambava.evaluate import (
+    SUBMISSION_HEADER,
+    check_submission,
+    predictions_frame,
+    read_predictions,
+    score,
+    submission_frame,
+    write_csv,
+)
+from mambava.inference import predict_video
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import TinyCausal, make_videos  # noqa: E402
+
+
+def oracle_ccc(x, y):
+    """CCC via Pearson's r: 2 r sx sy / (sx^2 + sy^2 + (mx - my)^2), frames with y == -5 dropped."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = y != -5
+    x, y = x[keep], y[keep]
+    r = np.corrcoef(x, y)[0, 1]
+    sx, sy = x.std(), y.std()
+    return 2 * r * sx * sy / (sx**2 + sy**2 + (x.mean() - y.mean()) ** 2)
+
+
+# --------------------------------------------------------------------------- inference
+def test_predict_video_whole_windows_and_clip():
+    torch.manual_seed(0)
+    model = TinyCausal(6, k=5).eval()
+    f = np.random.default_rng(1).normal(size=(1234, 6)).astype(np.float16)
+    whole = predict_video(model, f, torch.device("cpu"), "whole")
+    win = predict_video(model, f, torch.device("cpu"), "windows", 500, 500)
+    assert whole.shape == win.shape == (1234, 2) and whole.dtype == np.float32
+    # a causal model with a 5-frame receptive field: windows differ from one pass only in the
+    # first 4 frames after each window start (state reset), and the padded last window is exact
+    diff = np.abs(whole - win).max(1) > 1e-6
+    assert set(np.flatnonzero(diff)) <= {t + i for t in (500, 1000) for i in range(4)}
+    np.testing.assert_allclose(whole[~diff], win[~diff], atol=1e-6)
+    assert diff[500:504].any()
+    # overlapping windows: a frame takes the first window covering it
+    ov = predict_video(model, f, torch.device("cpu"), "windows", 500, 250)
+    np.testing.assert_allclose(ov[:500], whole[:500], atol=1e-6)
+    with torch.no_grad():
+        model.head.weight.mul_(100)
+    big = predict_video(model, f, torch.device("cpu"), "whole")
+    assert big.min() == -1.0 and big.max() == 1.0
+
+
+# --------------------------------------------------------------------------- metrics
+def test_score_recomputed_from_saved_predictions(tmp_path):
+    vids = make_videos(n_videos=5, seed=3)
+    rng = np.random.default_rng(0)
+    preds = [np.clip(np.where(v.labels == -5, 0, v.labels) + rng.normal(0, 0.4, v.labels.shape), -1, 1).astype(np.float32)
+             for v in vids]
+    write_csv(predictions_frame(vids, preds), tmp_path / "predictions.csv")
+    df = read_predictions(tmp_path / "predictions.csv")
+    assert list(df.columns) == ["video", "frame", "valence", "arousal", "valence_true", "arousal_true"]
+    assert len(df) == sum(len(v.labels) for v in vids)
+    assert (df.groupby("video")["frame"].min() == 1).all()
+    assert (df["valence_true"] == -5).sum() == sum((v.labels[:, 0] == -5).sum() for v in vids)
+    m = score(df, n_boot=200, seed=1)
+    # recomputed independently from the file
+    raw = pd.read_csv(tmp_path / "predictions.csv")
+    assert m["ccc_valence"] == pytest.approx(oracle_ccc(raw.valence, raw.valence_true), abs=1e-12)
+    assert m["ccc_arousal"] == pytest.approx(oracle_ccc(raw.arousal, raw.arousal_true), abs=1e-12)
+    assert m["p_va"] == pytest.approx((m["ccc_valence"] + m["ccc_arousal"]) / 2)
+    assert m["n_frames"] == int((raw.valence_true != -5).sum()) and m["n_videos"] == 5
+    for k in ("ccc_valence", "ccc_arousal", "p_va"):
+        assert m[f"{k}_lo"] <= m[k] <= m[f"{k}_hi"]
+    # and the values in the file are the clipped predictions, 6 decimals
+    np.testing.assert_allclose(raw.valence.to_numpy(), np.concatenate(preds)[:, 0], atol=5e-7)
+
+
+def test_score_without_labels_gives_counts_only():
+    v = Video("t", np.zeros((10, 2), np.float16), np.full((10, 2), -5, np.float32))
+    m = score(predictions_frame([v], [np.zeros((10, 2), np.float32)]))
+    assert m == {"n_frames": 0, "n_frames_arousal": 0, "n_frames_total": 10, "n_videos": 1}
+
+
+# --------------------------------------------------------------------------- submission
+def test_submission_rows_order_and_check(tmp_path):
+    vids = [Video(n, np.zeros((k, 2), np.float16), np.full((k, 2), -5, np.float32))
+            for n, k in (("b-video", 3), ("a_left", 12), ("a_right", 1))]
+    preds = [np.full((len(v.labels), 2), 0.25, np.float32) for v in vids]
+    sub = submission_frame(predictions_frame(vids, preds))
+    path = tmp_path / "submission.csv"
+    write_csv(sub, path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == SUBMISSION_HEADER
+    assert len(lines) == 1 + 16
+    assert lines[1:4] == ["b-video/00001.jpg,0.250000,0.250000", "b-video/00002.jpg,0.250000,0.250000",
+                          "b-video/00003.jpg,0.250000,0.250000"]
+    assert lines[4].startswith("a_left/00001.jpg,") and lines[15].startswith("a_left/00012.jpg,")
+    assert lines[16].startswith("a_right/00001.jpg,")
+    names, counts = [v.name for v in vids], [len(v.labels) for v in vids]
+    assert check_submission(path, names, counts) == []
+    # the check catches a missing row, a swapped order, a bad header, a value out of range
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines[:-1]) + "\n")
+    assert any("15 rows, expected 16" in p for p in check_submission(bad, names, counts))
+    bad.write_text("\n".join([lines[0], lines[2], lines[1], *lines[3:]]) + "\n")
+    assert any(":2:" in p and "b-video/00001.jpg" in p for p in check_submission(bad, names, counts))
+    bad.write_text("\n".join(["image,valence,arousal", *lines[1:]]) + "\n")
+    assert any(":1: header" in p for p in check_submission(bad, names, counts))
+    bad.write_text("\n".join([*lines[:5], "a_left/00002.jpg,1.5,0", *lines[6:]]) + "\n")
+    assert any(":6:" in p and "outside" in p for p in check_submission(bad, names, counts))
+    bad.write_text("\n".join([*lines, "a_right/00002.jpg,0,0"]) + "\n")
+    assert any("more rows" in p for p in check_submission(bad, names, counts))
+
+
+# --------------------------------------------------------------------------- the stages
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch):
+    """index, annotations and features of 12 small videos; the stand-in model for every variant."""
+    import mambava.inference as inf
+
+    vids = make_videos(n_videos=12, dim=6, seed=5, lengths=(60, 130))
+    names = [f"vid{i:02d}" for i in range(10)] + ["rec_left", "rec_right"]
+    splits = ["train"] * 6 + ["validation"] * 2 + ["test"] * 2 + ["train"] * 2
+    feats = tmp_path / "features"
+    feats.mkdir()
+    rows = []
+    for v, name, split in zip(vids, names, splits):
+        ann = tmp_path / "ann" / f"{name}.txt"
+        ann.parent.mkdir(exist_ok=True)
+        write_annotation(ann, v.labels)
+        np.save(feats / f"{name}.npy", np.asarray(v.features, np.float16))
+        np.save(feats / f"{name}.mask.npy", np.ones(len(v.labels), bool))
+        n = len(v.labels)
+        rows.append((name, split, n, n, int((v.labels[:, 0] != -5).sum()), str(tmp_path / name), str(ann)))
+    pd.DataFrame(rows, columns=["video", "split", "n_frames", "n_frames_on_disk", "n_annotated", "path",
+                                "annotation"]).to_csv(tmp_path / "index.csv", index=False)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"""
+device: cpu
+data: {{index: {tmp_path}/index.csv}}
+model: {{input_dim: 6}}
+features: {{dir: {feats}}}
+folds: {{file: {tmp_path}/folds.csv, n_splits: 3}}
+train: {{out: {tmp_path}/runs, epochs: 2, warmup_epochs: 1, restart_epochs: 1, lr: 1.0e-2, batch_size: 4,
+         window: 32, stride: 24, window_fold0: 48, stride_fold0: 40, evals_per_epoch: 2}}
+evaluate: {{n_boot: 50}}
+""")
+    monkeypatch.setattr(inf, "variant_model_config", lambda m, v: m)
+    monkeypatch.setattr(inf, "build_model", lambda m: TinyCausal(m.input_dim))
+    monkeypatch.setattr(inf, "scan_backend", lambda m, d: "none")
+    return load_config(params), tmp_path, dict(zip(names, vids))
+
+
+def test_stages_end_to_end(tiny_project):
+    from mambava import evaluate, train
+    from mambava.data.windows import read_folds, run_folds
+
+    cfg, root, vids = tiny_project
+    run_folds(cfg)
+    folds = read_folds(root / "folds.csv")
+    assert folds.loc[folds.video == "rec_left", "cv_fold"].item() == folds.loc[folds.video == "rec_right", "cv_fold"].item()
+    assert json.loads((root / "folds.json").read_text())["n_splits"] == 3
+    for fold in (0, 2):
+        tm = train.run(cfg, "mamba_va", fold, progress=False)
+        m = evaluate.run(cfg, "mamba_va", fold)
+        out = root / "runs" / "mamba_va" / f"fold{fold}"
+        for f in ("best.pt", "train_metrics.json", "logs/steps.csv", "logs/evals.csv", "predictions.csv",
+                  "metrics.json", "test_predictions.csv", "test_metrics.json", "submission.csv"):
+            assert (out / f).exists(), f
+        assert not (out / "last.pt").exists()
+        assert tm["device"] == "cpu" and tm["seed"] == 42 and tm["torch"] == torch.__version__
+        # metrics.json is what the saved predictions give, recomputed independently
+        disk = json.loads((out / "metrics.json").read_text())
+        pred = pd.read_csv(out / "predictions.csv")
+        assert disk["ccc_valence"] == pytest.approx(oracle_ccc(pred.valence, pred.valence_true), abs=1e-12)
+        assert disk["ccc_arousal"] == pytest.approx(oracle_ccc(pred.arousal, pred.arousal_true), abs=1e-12)
+        # the validation videos are the fold's, every frame of each
+        val = set(folds.video[folds.split == "validation"]) if fold == 0 else set(folds.video[folds.cv_fold == fold])
+        assert set(pred.video) == val
+        assert len(pred) == sum(len(vids[v].labels) for v in val)
+        # the test set is scored (the twin has its labels) and the submission covers it
+        test = json.loads((out / "test_metrics.json").read_text())
+        tp = pd.read_csv(out / "test_predictions.csv")
+        assert test["ccc_valence"] == pytest.approx(oracle_ccc(tp.valence, tp.valence_true), abs=1e-12)
+        sub = (out / "submission.csv").read_text().splitlines()
+        assert sub[0] == SUBMISSION_HEADER and len(sub) == 1 + len(vids["vid08"].labels) + len(vids["vid09"].labels)
+        assert sub[1].startswith("vid08/00001.jpg,")
+        # the in-training validation used the same inference: its best CCC is the evaluated one
+        assert tm["ccc_valence"] == pytest.approx(disk["ccc_valence"], abs=2e-5)
+    # two runs with one seed: identical metrics
+    first = json.loads((root / "runs" / "mamba_va" / "fold2" / "metrics.json").read_text())
+    train.run(cfg, "mamba_va", 2, progress=False)
+    evaluate.run(cfg, "mamba_va", 2)
+    again = json.loads((root / "runs" / "mamba_va" / "fold2" / "metrics.json").read_text())
+    assert first == again
+
+
+def test_stage_errors_name_files(tiny_project):
+    from mambava import evaluate, train
+
+    cfg, root, _ = tiny_project
+    with pytest.raises(FileNotFoundError, match="folds.csv"):
+        train.run(cfg, "mamba_va", 0, progress=False)
+    with pytest.raises(FileNotFoundError, match="best.pt"):
+        evaluate.run(cfg, "mamba_va", 0)
