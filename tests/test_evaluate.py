@@ -178,7 +178,8 @@ def test_stages_end_to_end(tiny_project):
         m = evaluate.run(cfg, "mamba_va", fold)
         out = root / "runs" / "mamba_va" / f"fold{fold}"
         for f in ("best.pt", "train_metrics.json", "logs/steps.csv", "logs/evals.csv", "predictions.csv",
-                  "metrics.json", "test_predictions.csv", "test_metrics.json", "submission.csv"):
+                  "metrics.json", "test/predictions.csv", "test/metrics.json", "test/submission.txt",
+                  "window_sweep.csv"):
             assert (out / f).exists(), f
         assert not (out / "last.pt").exists()
         assert tm["device"] == "cpu" and tm["seed"] == 42 and tm["torch"] == torch.__version__
@@ -192,20 +193,31 @@ def test_stages_end_to_end(tiny_project):
         assert set(pred.video) == val
         assert len(pred) == sum(len(vids[v].labels) for v in val)
         # the test set is scored (the twin has its labels) and the submission covers it
-        test = json.loads((out / "test_metrics.json").read_text())
-        tp = pd.read_csv(out / "test_predictions.csv")
+        test = json.loads((out / "test" / "metrics.json").read_text())
+        tp = pd.read_csv(out / "test" / "predictions.csv")
         assert test["ccc_valence"] == pytest.approx(oracle_ccc(tp.valence, tp.valence_true), abs=1e-12)
-        sub = (out / "submission.csv").read_text().splitlines()
+        sub = (out / "test" / "submission.txt").read_text().splitlines()
         assert sub[0] == SUBMISSION_HEADER and len(sub) == 1 + len(vids["vid08"].labels) + len(vids["vid09"].labels)
         assert sub[1].startswith("vid08/00001.jpg,")
         # the in-training validation used the same inference: its best CCC is the evaluated one
         assert tm["ccc_valence"] == pytest.approx(disk["ccc_valence"], abs=2e-5)
+        assert disk["n_params"] == tm["n_params"] and disk["seconds_per_epoch"] == tm["seconds_per_epoch"]
+        # the sweep's whole-video row is the evaluated inference (whole) before rounding
+        sweep = pd.read_csv(out / "window_sweep.csv", dtype={"window": str})
+        assert list(sweep.window) == ["50", "100", "300", "500", "1000", "whole"]
+        assert sweep.p_va.iloc[-1] == pytest.approx(disk["p_va"], abs=2e-5)
     # two runs with one seed: identical metrics
     first = json.loads((root / "runs" / "mamba_va" / "fold2" / "metrics.json").read_text())
     train.run(cfg, "mamba_va", 2, progress=False)
     evaluate.run(cfg, "mamba_va", 2)
     again = json.loads((root / "runs" / "mamba_va" / "fold2" / "metrics.json").read_text())
-    assert first == again
+    from mambava.evaluate import COST_KEYS
+
+    def results(m):  # time and memory are measurements, not results
+        return {k: v for k, v in m.items() if k not in COST_KEYS}
+
+    assert results(first) == results(again)
+    assert results(first).keys() >= {"ccc_valence", "ccc_arousal", "p_va", "n_frames", "ccc_valence_lo", "p_va_hi"}
 
 
 def test_stage_errors_name_files(tiny_project):

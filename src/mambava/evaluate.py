@@ -3,19 +3,22 @@
 The best checkpoint of the run predicts every frame of every validation video of its fold and of
 every test video (:func:`mambava.inference.predict_video`: whole videos in one pass, or the
 authors' 500/500 windows, per ``evaluate.inference``; outputs clipped to [-1, 1]). Files written
-beside the checkpoint, in ``<train.out>/<variant>/fold<k>/``:
+beside the checkpoint, in ``<train.out>/<variant>/fold<k>/`` (test files in its ``test/``):
 
-- ``predictions.csv`` / ``test_predictions.csv``: ``video, frame, valence, arousal,
+- ``predictions.csv`` and ``test/predictions.csv``: ``video, frame, valence, arousal,
   valence_true, arousal_true``; ``frame`` is 1-based (the image ``<frame:05d>.jpg``), truth -5
   where a frame is not annotated (every test frame of the real data);
-- ``metrics.json`` / ``test_metrics.json``: flat, ``ccc_valence, ccc_arousal, p_va`` over all
+- ``metrics.json`` and ``test/metrics.json``: flat, ``ccc_valence, ccc_arousal, p_va`` over all
   annotated frames of the split concatenated (the official way), ``n_frames`` (annotated frames
   scored), ``n_videos``, video-level bootstrap bounds ``<metric>_lo``/``<metric>_hi``, and the
-  device, scan backend, inference, seed and versions; the test file has only counts when the
-  test labels are not available;
-- ``submission.csv``: the ABAW file, ``image_location,valence,arousal`` then
+  device, scan backend, inference, seed, versions and the training cost (parameters, seconds
+  per epoch, peak memory, copied from ``train_metrics.json``); the test file has only counts
+  when the test labels are not available;
+- ``test/submission.txt``: the ABAW file, ``image_location,valence,arousal`` then
   ``<video>/<frame:05d>.jpg,v,a`` for every frame of every test video in the test list's order,
-  checked by :func:`check_submission` before it is kept.
+  checked by :func:`check_submission` before it is kept;
+- ``window_sweep.csv``: validation CCCs with non-overlapping windows of each length in
+  ``evaluate.sweep`` and with the whole video (``window`` = ``whole``): how much context helps.
 
 The metrics are computed from the predictions as written (6 decimals) and read back, so
 recomputing them from ``predictions.csv`` gives the same numbers.
@@ -159,7 +162,25 @@ def check_submission(path: str | Path, videos: Sequence[str], n_frames: Sequence
     return problems
 
 
+def window_sweep(model, videos: Sequence[Video], device, windows: Sequence[int]) -> pd.DataFrame:
+    """Validation CCCs with non-overlapping windows of each length, then the whole video."""
+    from mambava.inference import predict_video
+
+    true = np.concatenate([np.asarray(v.labels) for v in videos])
+    rows = []
+    was_training = model.training
+    model.eval()
+    for w in [*windows, None]:
+        mode = "whole" if w is None else "windows"
+        pred = np.concatenate([predict_video(model, v.features, device, mode, w or 1, w or 1) for v in videos])
+        rows.append({"window": "whole" if w is None else str(w), **ccc_va(pred, true)})
+    model.train(was_training)
+    return pd.DataFrame(rows, columns=["window", "ccc_valence", "ccc_arousal", "p_va"])
+
+
 # --------------------------------------------------------------------------- the stage
+COST_KEYS = ("n_params", "seconds_per_epoch", "peak_memory_mb", "peak_cuda_mb", "best_epoch")
+
 def _evaluate_split(model, videos, device, ecfg, path: Path) -> dict:
     from mambava.inference import predict_videos
 
@@ -195,20 +216,27 @@ def run(cfg, variant: str, fold: int) -> dict:
     }
 
     val = _evaluate_split(model, load_videos(index, val_names, cfg.features.dir), device, ecfg, out / "predictions.csv")
-    metrics = {**val, **env}
+    cost_path = out / "train_metrics.json"
+    cost = json.loads(cost_path.read_text()) if cost_path.exists() else {}
+    cost = {k: cost[k] for k in COST_KEYS if k in cost}
+    metrics = {**val, **env, **cost}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
+    test_dir = out / "test"
     test_videos = load_videos(index, list(test["video"]), cfg.features.dir)
-    tm = _evaluate_split(model, test_videos, device, ecfg, out / "test_predictions.csv")
-    atomic_write_text(out / "test_metrics.json", json.dumps({**tm, **env}, indent=2) + "\n")
+    tm = _evaluate_split(model, test_videos, device, ecfg, test_dir / "predictions.csv")
+    atomic_write_text(test_dir / "metrics.json", json.dumps({**tm, **env}, indent=2) + "\n")
 
-    sub = submission_frame(read_predictions(out / "test_predictions.csv"))
-    tmp = out / "submission.csv.check"
+    sub = submission_frame(read_predictions(test_dir / "predictions.csv"))
+    tmp = test_dir / "submission.txt.check"
     write_csv(sub, tmp)
     problems = check_submission(tmp, [v.name for v in test_videos], [len(v.labels) for v in test_videos])
     if problems:
         raise ValueError("submission failed its check:\n" + "\n".join(problems))
-    os.replace(tmp, out / "submission.csv")
+    os.replace(tmp, test_dir / "submission.txt")
+
+    sweep = window_sweep(model, load_videos(index, val_names, cfg.features.dir), device, ecfg.sweep)
+    write_csv(sweep, out / "window_sweep.csv", float_format=None)
 
     def fmt(m):
         return f"CCC_v {m['ccc_valence']:.4f} CCC_a {m['ccc_arousal']:.4f}" if "ccc_valence" in m else "no labels"

@@ -27,11 +27,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mambava.config import VARIANTS
 from mambava.data.windows import UNLABELLED, Video, pad_to, window_starts
 
-log = logging.getLogger("mambava.inference")
+__all__ = ["VARIANTS", "build_model", "load_videos", "predict_video", "predict_videos", "resolve_device"]
 
-VARIANTS: tuple[str, ...] = ("mamba_va", "no_tcn", "no_mamba", "transformer")
+log = logging.getLogger("mambava.inference")
 
 
 def resolve_device(name: str) -> torch.device:

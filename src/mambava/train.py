@@ -120,9 +120,9 @@ def peak_memory() -> dict:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     if sys.platform == "darwin":
         rss /= 1024
-    out = {"peak_rss_mib": round(rss, 1)}
+    out = {"peak_memory_mb": round(rss, 1)}  # MiB, process resident set
     if torch.cuda.is_available():
-        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
 
 
