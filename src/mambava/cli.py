@@ -72,6 +72,35 @@ def cmd_features(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- folds, train, evaluate
+def cmd_folds(args) -> int:
+    from mambava.data.windows import run_folds
+
+    run_folds(_cfg(args))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from mambava.train import run
+
+    run(_cfg(args), args.variant, args.fold, progress=not args.no_progress)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from mambava.evaluate import run
+
+    run(_cfg(args), args.variant, args.fold)
+    return 0
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    from mambava.config import VARIANTS
+
+    p.add_argument("--variant", required=True, choices=VARIANTS, help="model variant (ablation)")
+    p.add_argument("--fold", required=True, type=int, help="0 = official split, 1..5 = cross-validation folds")
+
+
 # --------------------------------------------------------------------------- misc
 def cmd_where(args) -> int:
     """Say where the results of `dvc repro` are."""
@@ -111,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_mae_finetune)
     p = sub.add_parser("features", help="DVC stage `features`: per-video CLS features of every frame")
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("folds", help="DVC stage `folds`: fold 0 = official split, folds 1-5 = grouped CV")
+    p.set_defaults(func=cmd_folds)
+    p = sub.add_parser("train", help="DVC stage `train`: train one variant on one fold (resumes from last.pt)")
+    _run_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="DVC stage `evaluate`: predictions, CCCs, test submission of one run")
+    _run_args(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("where", help="print where the results are")
     p.set_defaults(func=cmd_where)

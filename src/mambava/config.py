@@ -199,6 +199,10 @@ class FoldsConfig(Section):
     file: str = "outputs/folds.csv"
 
 
+# The model variants of the study (the ablations are settings of one model; mambava.models).
+VARIANTS: tuple[str, ...] = ("mamba_va", "no_tcn", "no_mamba", "transformer")
+
+
 class TrainConfig(Section):
     """Training of the temporal model on windows of features (mambava.train).
 
@@ -233,6 +237,7 @@ class EvaluateConfig(Section):
     inference: Literal["whole", "windows"] = "whole"  # one pass per video, or windows below
     window: int = Field(500, ge=1)  # the authors' test inference: 500/500
     stride: int = Field(500, ge=1)
+    sweep: list[int] = [50, 100, 300, 500, 1000]  # window_sweep.csv: non-overlapping window lengths
     n_boot: int = Field(1000, ge=0)  # video-level bootstrap resamples (0 = no intervals)
     boot_seed: int = 0
     level: float = Field(0.95, gt=0, lt=1)
