@@ -181,7 +181,6 @@ class BookConfig(Section):
     the book only. Not part of the profiles: the book reads whatever the pipeline produced.
     """
 
-    runs: str = "outputs/runs"  # train/evaluate write <variant>/fold<k>/ here
     variant: str = "mamba_va"  # the model of Tables 1 and 2, Long sequences and Predictions
     reference: str = "mamba_va"  # Ablations: paired differences are taken against this variant
     n_boot: int = Field(1000, ge=10)  # video-level bootstrap resamples for intervals the book computes
