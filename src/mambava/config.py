@@ -81,23 +81,35 @@ class DataConfig(Section):
 
 # --------------------------------------------------------------------------- model
 class ModelConfig(Section):
-    """The temporal model (mambava.models.mamba_va.MambaVA); the ablations are settings of it."""
+    """The temporal model (mambava.models.mamba_va.MambaVA); the ablations are settings of it.
+
+    The defaults are the CPU profile: small widths so that training runs in minutes on 2 cores.
+    ``profiles.paper`` sets the authors' sizes (67,155,086 parameters for 1024-d features).
+    """
 
     input_dim: int = Field(192, ge=1)  # feature width (the MAE encoder's embed_dim)
-    tcn: bool = True
-    tcn_channels: list[int] = [192, 128, 128, 96]  # output width of each TCN level
-    tcn_kernel: int = Field(15, ge=1)
+    tcn: bool = True  # off: a Linear(input_dim, d_model) replaces the TCN (ablation no_tcn)
+    # Output width of each TCN level; level 0 reads input_dim. Paper: 1024, 768, 512, 256.
+    tcn_channels: list[int] = Field([128, 96, 64, 64], min_length=1)
+    tcn_kernel: int = Field(15, ge=1)  # paper: 15; dilation doubles per level
     temporal: Literal["mamba", "transformer", "none"] = "mamba"
-    d_model: int = Field(96, ge=1)
-    n_layers: int = Field(2, ge=1)
-    d_state: int = Field(8, ge=1)
-    d_conv: int = Field(4, ge=1)
-    expand: int = Field(1, ge=1)
-    n_heads: int = Field(4, ge=1)  # transformer only
+    d_model: int = Field(64, ge=1)  # width of the temporal stack; paper 256 (= last TCN width)
+    n_layers: int = Field(2, ge=1)  # paper: 4
+    d_state: int = Field(8, ge=1)  # Mamba state size per channel; paper 8
+    d_conv: int = Field(4, ge=1)  # Mamba's causal depthwise conv; paper 4
+    expand: int = Field(1, ge=1)  # Mamba inner width = expand * d_model; paper 1
+    n_heads: int = Field(4, ge=1)  # transformer only; must divide d_model
     causal: bool = True  # transformer only (Mamba is causal by construction)
-    head_hidden: int = Field(64, ge=1)
-    dropout: float = Field(0.3, ge=0, lt=1)
+    head_hidden: int = Field(32, ge=1)  # paper: 128
+    dropout: float = Field(0.3, ge=0, lt=1)  # TCN (and transformer) dropout; paper 0.3
+    # Selective scan: auto = mamba-ssm's CUDA kernel on a GPU when installed, numba on a CPU.
     scan_backend: Literal["auto", "cuda", "numba", "reference"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.temporal == "transformer" and self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        return self
 
 
 # --------------------------------------------------------------------------- MAE features

@@ -1,0 +1,73 @@
+"""The temporal model and its ablation variants.
+
+The variants are configurations of one class (:class:`mambava.models.mamba_va.MambaVA`), built
+by small functions from the profile's ``ModelConfig``::
+
+    cfg = variant_config(config.model, "no_tcn")
+    model = build_model(cfg)
+
+- ``mamba_va``: the paper's model (TCN, Mamba);
+- ``no_tcn``: features go straight to a Linear(input_dim, d_model), then the Mamba stack;
+- ``no_mamba``: TCN and head only (``temporal: none``): what the TCN alone achieves;
+- ``transformer``: a Transformer encoder in place of the Mamba stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mambava.config import ModelConfig
+
+VariantFn = Callable[[ModelConfig], ModelConfig]
+_VARIANTS: dict[str, VariantFn] = {}
+
+
+def register_variant(name: str) -> Callable[[VariantFn], VariantFn]:
+    def deco(fn: VariantFn) -> VariantFn:
+        _VARIANTS[name] = fn
+        return fn
+
+    return deco
+
+
+def _with(cfg: ModelConfig, **changes) -> ModelConfig:
+    # Validate again, so that a variant can never produce a config that params.yaml could not.
+    return ModelConfig.model_validate({**cfg.model_dump(), **changes})
+
+
+@register_variant("mamba_va")
+def mamba_va(cfg: ModelConfig) -> ModelConfig:
+    return _with(cfg, tcn=True, temporal="mamba")
+
+
+@register_variant("no_tcn")
+def no_tcn(cfg: ModelConfig) -> ModelConfig:
+    return _with(cfg, tcn=False, temporal="mamba")
+
+
+@register_variant("no_mamba")
+def no_mamba(cfg: ModelConfig) -> ModelConfig:
+    return _with(cfg, tcn=True, temporal="none")
+
+
+@register_variant("transformer")
+def transformer(cfg: ModelConfig) -> ModelConfig:
+    return _with(cfg, tcn=True, temporal="transformer")
+
+
+def list_variants() -> list[str]:
+    return list(_VARIANTS)
+
+
+def variant_config(cfg: ModelConfig, name: str) -> ModelConfig:
+    """The ModelConfig of variant ``name`` derived from ``cfg``."""
+    if name not in _VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(_VARIANTS)}")
+    return _VARIANTS[name](cfg)
+
+
+def build_model(cfg: ModelConfig, variant: str | None = None):
+    """A MambaVA for ``cfg`` (or for one of its variants)."""
+    from mambava.models.mamba_va import MambaVA
+
+    return MambaVA(variant_config(cfg, variant) if variant else cfg)

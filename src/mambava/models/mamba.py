@@ -1,0 +1,138 @@
+"""The Mamba block (Gu and Dao, 2023), equivalent to ``mamba_ssm.modules.mamba_simple.Mamba``.
+
+Same parameters, initialisation and state dict (keys ``in_proj.weight``, ``conv1d.weight``,
+``conv1d.bias``, ``x_proj.weight``, ``dt_proj.weight``, ``dt_proj.bias``, ``A_log``, ``D``,
+``out_proj.weight``, same shapes), so checkpoints move between the two. The selective scan runs
+on the backend chosen by :mod:`mambava.models.ssm` (mamba-ssm's CUDA kernel on a GPU, the numba
+kernel on a CPU).
+
+Two ways to run it, with the same result:
+
+- ``forward(x)``: the whole sequence (batch, length, d_model) in parallel, linear in length;
+- ``step(x_t, state)``: one frame at a time, carrying ``(conv_state, ssm_state)``; for streaming.
+  ``forward(x, return_state=True)`` hands over the state after a prefix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mambava.models.ssm import selective_scan_fn
+
+MambaState = tuple[torch.Tensor, torch.Tensor]  # conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state)
+
+
+class Mamba(nn.Module):
+    """Selective state-space block: (batch, length, d_model) -> (batch, length, d_model).
+
+    in_proj (no bias) splits into x and the gate z; x goes through a causal depthwise conv1d
+    (kernel d_conv, with bias) and SiLU; x_proj gives the input-dependent dt (rank dt_rank), B and
+    C; dt_proj lifts dt to d_inner; the selective scan with A = -exp(A_log), skip D, gate silu(z);
+    out_proj (no bias) back to d_model.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        scan_backend: str | None = None,
+    ):
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.scan_backend = scan_backend  # None: the process default (model.scan_backend)
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+        # dt_proj as in mamba-ssm: weights keep the variance of dt at initialisation, and the
+        # bias is the inverse softplus of a step size log-uniform in [dt_min, dt_max].
+        std = self.dt_rank**-0.5 * dt_scale
+        with torch.no_grad():
+            if dt_init == "constant":
+                nn.init.constant_(self.dt_proj.weight, std)
+            elif dt_init == "random":
+                nn.init.uniform_(self.dt_proj.weight, -std, std)
+            else:
+                raise ValueError(f"dt_init must be 'constant' or 'random', got {dt_init!r}")
+            dt = torch.exp(
+                torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            ).clamp(min=dt_init_floor)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.dt_proj.bias._no_reinit = True
+
+        # S4D-real initialisation: A[d, n] = -(n + 1), stored as its log so A stays negative.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.D._no_weight_decay = True
+
+    # ------------------------------------------------------------------ parallel
+    def forward(self, x: torch.Tensor, return_state: bool = False):
+        """x: (batch, length, d_model) -> (batch, length, d_model) [, (conv_state, ssm_state)]."""
+        batch, length, _ = x.shape
+        xz = self.in_proj(x).transpose(1, 2)  # (b, 2 d_inner, l)
+        xs, z = xz.chunk(2, dim=1)
+        conv_state = F.pad(xs, (self.d_conv - length, 0)) if return_state else None  # last d_conv inputs
+        xs = F.silu(self.conv1d(xs)[..., :length])
+        x_dbl = self.x_proj(xs.transpose(1, 2))  # (b, l, dt_rank + 2 n)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (b, d_inner, l); bias goes to the scan
+        A = -torch.exp(self.A_log.float())
+        res = selective_scan_fn(
+            xs, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            return_last_state=return_state, backend=self.scan_backend,
+        )
+        y, ssm_state = res if return_state else (res, None)
+        out = self.out_proj(y.transpose(1, 2))
+        return (out, (conv_state, ssm_state)) if return_state else out
+
+    # ------------------------------------------------------------------ recurrent
+    def allocate_state(self, batch: int, device=None, dtype=torch.float32) -> MambaState:
+        """Zero (conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state))."""
+        device = device or self.A_log.device
+        return (
+            torch.zeros(batch, self.d_inner, self.d_conv, device=device, dtype=dtype),
+            torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=dtype),
+        )
+
+    def step(self, x: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        """One frame: x (batch, d_model) -> (batch, d_model) and the new state (not in place)."""
+        conv_state, ssm_state = state
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (b, d_inner) each
+        conv_state = torch.cat([conv_state[:, :, 1:], xs[:, :, None]], dim=-1)
+        xs = (conv_state * self.conv1d.weight[:, 0]).sum(-1)
+        if self.conv1d.bias is not None:
+            xs = xs + self.conv1d.bias
+        xs = F.silu(xs)
+        dt, B, C = torch.split(self.x_proj(xs), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(F.linear(dt, self.dt_proj.weight) + self.dt_proj.bias)  # (b, d_inner)
+        A = -torch.exp(self.A_log.float())
+        ssm_state = torch.exp(dt[..., None] * A) * ssm_state + (dt * xs)[..., None] * B[:, None, :]
+        y = (ssm_state * C[:, None, :]).sum(-1) + self.D * xs
+        y = y * F.silu(z)
+        return self.out_proj(y), (conv_state, ssm_state)

@@ -1,0 +1,262 @@
+"""The temporal model: Mamba block, TCN, Transformer, MambaVA and its ablation variants."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mambava.config import ModelConfig, load_config
+from mambava.models import build_model, list_variants, variant_config
+from mambava.models.mamba import Mamba
+from mambava.models.mamba_va import FrameNorm, MambaVA
+from mambava.models.summary import count_parameters, print_summary
+from mambava.models.tcn import TCN
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+PAPER_PARAMETERS = 67_155_086  # the authors' model for 1024-d features
+
+# A tiny configuration: fast, and every part present.
+TINY = ModelConfig(
+    input_dim=12, tcn_channels=[16, 8], tcn_kernel=3, d_model=8, n_layers=2, d_state=4,
+    n_heads=2, head_hidden=8, dropout=0.0,
+)
+
+
+# --------------------------------------------------------------------------- Mamba block
+def test_mamba_state_dict_matches_mamba_ssm_layout():
+    """Keys and shapes of mamba_ssm.modules.mamba_simple.Mamba(d_model=256, d_state=8,
+    d_conv=4, expand=1): d_inner 256, dt_rank ceil(256 / 16) = 16."""
+    m = Mamba(256, d_state=8, d_conv=4, expand=1)
+    expected = {
+        "in_proj.weight": (512, 256),
+        "conv1d.weight": (256, 1, 4),
+        "conv1d.bias": (256,),
+        "x_proj.weight": (16 + 2 * 8, 256),
+        "dt_proj.weight": (256, 16),
+        "dt_proj.bias": (256,),
+        "A_log": (256, 8),
+        "D": (256,),
+        "out_proj.weight": (256, 256),
+    }
+    assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == expected
+    assert count_parameters(m) == sum(math.prod(s) for s in expected.values())
+
+
+def test_mamba_initialisation_follows_mamba_ssm():
+    torch.manual_seed(0)
+    m = Mamba(64, d_state=8, d_conv=4, expand=2)
+    assert torch.equal(m.A_log, torch.log(torch.arange(1.0, 9.0)).repeat(128, 1))
+    assert torch.equal(m.D, torch.ones(128))
+    dt = F.softplus(m.dt_proj.bias)
+    assert dt.min() >= 1e-4 - 1e-9 and dt.max() <= 0.1 + 1e-6 and dt.min() < 0.01 < dt.max()
+    assert m.dt_proj.weight.abs().max() <= m.dt_rank**-0.5
+    assert m.in_proj.bias is None and m.out_proj.bias is None and m.conv1d.bias is not None
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_step_equals_parallel_forward(backend):
+    """Frame-by-frame recurrence (plain PyTorch, its own code path) == the parallel scan."""
+    torch.manual_seed(1)
+    m = Mamba(16, d_state=4, d_conv=4, expand=2, scan_backend=backend)
+    x = torch.randn(3, 29, 16)
+    with torch.no_grad():
+        full = m(x)
+        state = m.allocate_state(3)
+        steps = []
+        for t in range(x.shape[1]):
+            y, state = m.step(x[:, t], state)
+            steps.append(y)
+    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_step_continues_a_parallel_prefix():
+    torch.manual_seed(2)
+    m = Mamba(16, d_state=4, d_conv=3, expand=1)
+    x = torch.randn(2, 40, 16)
+    with torch.no_grad():
+        full = m(x)
+        for split in (2, 25):  # a prefix shorter than d_conv pads the conv state with zeros
+            prefix, state = m(x[:, :split], return_state=True)
+            torch.testing.assert_close(prefix, full[:, :split], rtol=1e-5, atol=1e-5)
+            rest = []
+            for t in range(split, x.shape[1]):
+                y, state = m.step(x[:, t], state)
+                rest.append(y)
+            torch.testing.assert_close(torch.stack(rest, 1), full[:, split:], rtol=1e-5, atol=1e-5)
+
+
+def test_mamba_gradients_agree_between_backends():
+    torch.manual_seed(3)
+    m = Mamba(16, d_state=4, d_conv=4, expand=2)
+    x = torch.randn(2, 33, 16)
+    grads = {}
+    for backend in ("numba", "reference"):
+        m.scan_backend = backend
+        m.zero_grad()
+        m(x).pow(2).sum().backward()
+        grads[backend] = {k: p.grad.clone() for k, p in m.named_parameters()}
+    for k in grads["numba"]:
+        torch.testing.assert_close(grads["numba"][k], grads["reference"][k], rtol=1e-4, atol=1e-4, msg=k)
+
+
+@pytest.mark.gpu
+def test_state_dict_loads_from_mamba_ssm_and_outputs_agree():
+    pytest.importorskip("mamba_ssm")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from mambava.models.mamba_va import MambaVA  # noqa: F401  (imports the package on GPU too)
+    from mamba_ssm.modules.mamba_simple import Mamba as RefMamba
+
+    torch.manual_seed(0)
+    ref = RefMamba(d_model=256, d_state=8, d_conv=4, expand=1).cuda()
+    ours = Mamba(256, d_state=8, d_conv=4, expand=1, scan_backend="cuda").cuda()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 300, 256, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-3, atol=1e-3)
+        ours_cpu = Mamba(256, d_state=8, d_conv=4, expand=1, scan_backend="numba")
+        ours_cpu.load_state_dict(ref.state_dict())
+        torch.testing.assert_close(ours_cpu(x.cpu()), ref(x).cpu(), rtol=1e-3, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- TCN
+def test_tcn_is_causal_with_the_stated_receptive_field():
+    torch.manual_seed(4)
+    tcn = TCN(6, [8, 8, 4], kernel=3, dropout=0.0).eval()
+    assert tcn.receptive_field == 1 + 2 * 2 * (2**3 - 1)  # 29
+    x = torch.randn(1, 80, 6)
+    t = 60
+    with torch.no_grad():
+        base = tcn(x)
+        x_future = x.clone()
+        x_future[:, t + 1 :] += 5.0
+        torch.testing.assert_close(tcn(x_future)[:, : t + 1], base[:, : t + 1])
+        rf = tcn.receptive_field
+        x_edge = x.clone()
+        x_edge[:, t - rf + 1] += 5.0  # just inside the receptive field of frame t
+        assert not torch.allclose(tcn(x_edge)[:, t], base[:, t])
+        x_out = x.clone()
+        x_out[:, : t - rf + 1] += 5.0  # everything before it: no effect on frame t
+        torch.testing.assert_close(tcn(x_out)[:, t], base[:, t])
+
+
+def test_tcn_weight_norm_and_old_style_keys():
+    tcn = TCN(4, [6, 6], kernel=5)
+    block = tcn.levels[0]
+    g = block.conv1.parametrizations.weight.original0
+    v = block.conv1.parametrizations.weight.original1
+    assert g.shape == (6, 1, 1) and v.shape == (6, 4, 5)
+    assert block.downsample is not None and tcn.levels[1].downsample is None
+    # Checkpoints of the older torch.nn.utils.weight_norm (weight_g, weight_v) load too.
+    old = {k.replace("parametrizations.weight.original0", "weight_g").replace(
+        "parametrizations.weight.original1", "weight_v"): v for k, v in tcn.state_dict().items()}
+    other = TCN(4, [6, 6], kernel=5)
+    other.load_state_dict(old)
+    x = torch.randn(2, 20, 4)
+    torch.testing.assert_close(other.eval()(x), tcn.eval()(x))
+
+
+# --------------------------------------------------------------------------- MambaVA
+def test_paper_profile_has_the_authors_parameter_count():
+    cfg = load_config(PARAMS, profile="paper").model
+    assert (cfg.input_dim, list(cfg.tcn_channels), cfg.d_model, cfg.n_layers) == (1024, [1024, 768, 512, 256], 256, 4)
+    model = MambaVA(cfg)
+    assert count_parameters(model) == PAPER_PARAMETERS
+    # and it is built the way the paper describes: no projection between TCN and Mamba
+    assert isinstance(model.proj_in, nn.Identity)
+    assert len(model.temporal.layers) == 4 and model.temporal.layers[0].mixer.dt_rank == 16
+
+
+def test_frame_norm_is_what_the_authors_instance_norm_computes():
+    """nn.InstanceNorm1d(256) applied to (B, L, 256) normalises every frame over its features."""
+    x = torch.randn(2, 30, 256) * 3 + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch warns that L != num_features; that is the point
+        theirs = nn.InstanceNorm1d(256)(x)
+    torch.testing.assert_close(FrameNorm()(x), theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_variants_are_configurations_of_one_model():
+    assert list_variants() == ["mamba_va", "no_tcn", "no_mamba", "transformer"]
+    base = load_config(PARAMS).model
+    cfgs = {v: variant_config(base, v) for v in list_variants()}
+    assert cfgs["mamba_va"] == base
+    assert cfgs["no_tcn"].tcn is False and cfgs["no_tcn"].temporal == "mamba"
+    assert cfgs["no_mamba"].temporal == "none" and cfgs["no_mamba"].tcn
+    assert cfgs["transformer"].temporal == "transformer"
+    assert all(isinstance(c, ModelConfig) for c in cfgs.values())
+    with pytest.raises(ValueError, match="unknown variant"):
+        variant_config(base, "no_head")
+
+
+def test_no_tcn_projects_input_to_d_model():
+    model = build_model(TINY, "no_tcn")
+    assert model.tcn is None
+    assert isinstance(model.proj_in, nn.Linear)
+    assert (model.proj_in.in_features, model.proj_in.out_features) == (TINY.input_dim, TINY.d_model)
+
+
+@pytest.mark.parametrize("variant", ["mamba_va", "no_tcn", "no_mamba", "transformer"])
+def test_every_variant_builds_and_trains(variant):
+    torch.manual_seed(5)
+    model = build_model(TINY, variant)
+    x = torch.randn(4, 24, TINY.input_dim)
+    y = torch.tanh(x[..., :2].cumsum(1) / 5)  # something learnable
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(5):
+        pred = model(x)
+        assert pred.shape == (4, 24, 2)
+        loss = F.mse_loss(pred, y)
+        opt.zero_grad()
+        loss.backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("variant", ["mamba_va", "transformer"])
+def test_model_is_causal_and_runs_any_length(variant):
+    """Whole-video inference: one pass over any length; frame t never sees frames after t."""
+    torch.manual_seed(6)
+    model = build_model(TINY, variant).eval()
+    x = torch.randn(1, 1001, TINY.input_dim)
+    with torch.no_grad():
+        full = model(x)
+        head = model(x[:, :377])
+    assert full.shape == (1, 1001, 2)
+    torch.testing.assert_close(head, full[:, :377], rtol=1e-4, atol=1e-5)
+
+
+def test_non_causal_transformer_sees_the_future():
+    cfg = variant_config(TINY.model_copy(update={"causal": False}), "transformer")
+    model = build_model(cfg).eval()
+    x = torch.randn(1, 40, TINY.input_dim)
+    with torch.no_grad():
+        assert not torch.allclose(model(x[:, :20]), model(x)[:, :20])
+
+
+def test_reference_backend_gives_the_same_model_output():
+    torch.manual_seed(7)
+    a = build_model(TINY).eval()
+    b = build_model(TINY.model_copy(update={"scan_backend": "reference"})).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 50, TINY.input_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-5)
+
+
+def test_summary_prints_table_and_total(capsys):
+    print_summary(TINY)
+    out = capsys.readouterr().out
+    assert "temporal" in out and "Mamba" in out
+    assert f"total parameters: {count_parameters(MambaVA(TINY)):,}" in out
