@@ -155,3 +155,22 @@ def test_dataloader_workers_give_the_same_arrays(tmp_path, workers):
     _extract(index_path, tmp_path / "wn", batch_size=5, num_workers=workers)
     for video in VIDEOS:
         assert (tmp_path / "w0" / f"{video}.npy").read_bytes() == (tmp_path / "wn" / f"{video}.npy").read_bytes()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_on_cuda_is_close_to_fp32_on_cpu(tmp_path):
+    from mambava.features.mae import EncoderSpec, build_encoder
+
+    index_path = make_layout(tmp_path / "data", VIDEOS)
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderSpec(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2))
+    index = load_index(index_path)
+    extract_features(index, enc, tmp_path / "cpu", 32, FACE_MEAN, FACE_STD, progress=False)
+    s = extract_features(index, enc, tmp_path / "gpu", 32, FACE_MEAN, FACE_STD, device="cuda", precision="bf16",
+                         progress=False)
+    assert s["precision"] == "bf16"
+    for video in VIDEOS:
+        a, _ = load_features(tmp_path / "cpu", video)
+        b, _ = load_features(tmp_path / "gpu", video)
+        np.testing.assert_allclose(b.astype(np.float32), a.astype(np.float32), atol=0.1, rtol=0.05)
