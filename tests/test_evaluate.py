@@ -217,6 +217,15 @@ def test_stages_end_to_end(tiny_project):
         return {k: v for k, v in m.items() if k not in COST_KEYS}
 
     assert results(first) == results(again)
+    # static plots and the results table
+    from mambava import plots
+
+    table = plots.run(cfg, root / "plots")
+    assert set(zip(table.fold, table.split)) == {(0, "validation"), (0, "test"), (2, "validation"), (2, "test")}
+    row = table[(table.fold == 2) & (table.split == "validation")].iloc[0]
+    assert row.ccc_valence == pytest.approx(again["ccc_valence"])
+    for f in ("training_ccc.png", "training_loss.png", "ccc_by_fold.png", "results.csv"):
+        assert (root / "plots" / f).stat().st_size > 0
     assert results(first).keys() >= {"ccc_valence", "ccc_arousal", "p_va", "n_frames", "ccc_valence_lo", "p_va_hi"}
 
 
