@@ -94,6 +94,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_plots(args) -> int:
+    from mambava.plots import run
+
+    run(_cfg(args), args.out)
+    return 0
+
+
 def _run_args(p: argparse.ArgumentParser) -> None:
     from mambava.config import VARIANTS
 
@@ -150,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="DVC stage `evaluate`: predictions, CCCs, test submission of one run")
     _run_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("plots", help="DVC stage `plots`: static PNGs of the training logs, results.csv")
+    p.add_argument("--out", default="outputs/plots", help="folder for the images and results.csv")
+    p.set_defaults(func=cmd_plots)
 
     p = sub.add_parser("where", help="print where the results are")
     p.set_defaults(func=cmd_where)
