@@ -242,8 +242,10 @@ def _bwd_block(u, dt, At, Bt, Ct, Dv, z, has_D, has_z, dout, b, k,
     nstate = At.shape[1]
     w = u.shape[3]
     dsk = Dv[k]
-    # Recompute the forward states: hs[t + 1] = h_t, hs[0] = 0.
+    # Recompute the forward states, hs[t + 1] = h_t (hs[0] = 0), and keep the decays
+    # exp(dt_t A) for the reverse pass (one exp per update instead of two).
     hs = np.empty((length + 1, nstate, w), dtype=u.dtype)
+    decay = np.empty((length, nstate, w), dtype=u.dtype)
     hs[0] = 0
     for t in range(length):
         ur = u[b, k, t]
@@ -253,8 +255,11 @@ def _bwd_block(u, dt, At, Bt, Ct, Dv, z, has_D, has_z, dout, b, k,
             ar = At[k, n]
             hp = hs[t, n]
             hc = hs[t + 1, n]
+            ec = decay[t, n]
             for j in range(w):
-                hc[j] = _exp(dr[j] * ar[j]) * hp[j] + dr[j] * ur[j] * bn
+                e = _exp(dr[j] * ar[j])
+                ec[j] = e
+                hc[j] = e * hp[j] + dr[j] * ur[j] * bn
     gh = np.zeros((nstate, w), dtype=u.dtype)  # dL/dh_t, carried backwards in time
     dA_acc = np.zeros((nstate, w), dtype=u.dtype)
     dD_acc = np.zeros(w, dtype=u.dtype)
@@ -300,12 +305,13 @@ def _bwd_block(u, dt, At, Bt, Ct, Dv, z, has_D, has_z, dout, b, k,
             ar = At[k, n]
             hp = hs[t, n]
             hc = hs[t + 1, n]
+            ec = decay[t, n]
             ghr = gh[n]
             dAr = dA_acc[n]
             db = u.dtype.type(0)
             dc = u.dtype.type(0)
             for j in range(w):
-                e = _exp(dr[j] * ar[j])
+                e = ec[j]
                 ghn = ghr[j] + gy[j] * cn
                 dc += gy[j] * hc[j]
                 e_prev = e * hp[j]
@@ -328,7 +334,7 @@ def _scan_bwd(u, dt, At, Bt, Ct, Dv, z, has_D, has_z, dout, du, ddt, dz,
     """Gradients of ``_scan_fwd`` given dout, all in its block-major layout.
 
     Per (batch element, channel block) the forward states are recomputed into a thread-local
-    (length + 1, n, w) scratch, then a reverse pass carries g_h = dL/dh back in time:
+    (length + 1, n, w) scratch (and their decays), then a reverse pass carries g_h = dL/dh back in time:
     g_h(t) = C_t g_y(t) + exp(dt_{t+1} A) g_h(t + 1). dB and dC sum over channels, so each block
     writes its own partial (b, block, l, n) slice and the caller sums over blocks: no races.
     dA (b, blocks, n, w) and dD (b, blocks, w) partials are summed over the batch by the caller.
@@ -345,11 +351,14 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+# Work items are handed out one at a time (numba's parallel_chunksize(1) in the wrappers): on a
+# shared machine a thread that is descheduled then delays only its current item, not a static
+# half of the batch.
 def _block_width(batch: int, dim: int, length: int, nstate: int, backward: bool) -> int:
     """Channels per parallel work item (a multiple of 8, so AVX2 lanes are full).
 
     Wide blocks vectorise best; there must be enough blocks to keep every thread busy, and in
-    the backward the (length + 1, state, width) float32 scratch of each thread stays <= 16 MiB.
+    the backward the two (length, state, width) float32 scratches of a thread stay <= 16 MiB.
     """
     threads = numba.get_num_threads()
     width = min(dim, 256)
@@ -357,7 +366,7 @@ def _block_width(batch: int, dim: int, length: int, nstate: int, backward: bool)
     if blocks_needed > 1:
         width = min(width, -(-dim // blocks_needed))
     if backward:
-        width = min(width, max(8, (16 << 20) // (4 * (length + 1) * nstate)))
+        width = min(width, max(8, (16 << 20) // (2 * 4 * (length + 1) * nstate)))
     return max(8, -(-width // 8) * 8)
 
 
@@ -403,8 +412,9 @@ class _NumbaScan(torch.autograd.Function):
         Ct = C.detach().to(dtype).transpose(1, 2).contiguous()
         out = torch.empty(batch, nblk, length, width, dtype=dtype)
         last = torch.empty(batch, nblk, nstate, width, dtype=dtype)
-        _scan_fwd(_np(u_), _np(dt_), _np(At), _np(Bt), _np(Ct), _np(D_), _np(z_),
-                  D is not None, z is not None, out.numpy(), last.numpy())
+        with numba.parallel_chunksize(1):
+            _scan_fwd(_np(u_), _np(dt_), _np(At), _np(Bt), _np(Ct), _np(D_), _np(z_),
+                      D is not None, z is not None, out.numpy(), last.numpy())
         if any(ctx.needs_input_grad):
             ctx.save_for_backward(u_, dt_, At, Bt, Ct, D_, z_, x)
         ctx.flags = (D is not None, z is not None, delta_bias is not None, bool(delta_softplus))
@@ -429,9 +439,10 @@ class _NumbaScan(torch.autograd.Function):
         dD_part = torch.empty(batch, nblk, width, dtype=u_.dtype)
         dB_part = torch.empty(batch, nblk, length, nstate, dtype=u_.dtype)
         dC_part = torch.empty(batch, nblk, length, nstate, dtype=u_.dtype)
-        _scan_bwd(_np(u_), _np(dt_), _np(At), _np(Bt), _np(Ct), _np(D_), _np(z_), has_D, has_z,
-                  _np(_to_blocks(dout, width, u_.dtype)), du.numpy(), ddt.numpy(), dz.numpy(),
-                  dA_part.numpy(), dD_part.numpy(), dB_part.numpy(), dC_part.numpy())
+        with numba.parallel_chunksize(1):
+            _scan_bwd(_np(u_), _np(dt_), _np(At), _np(Bt), _np(Ct), _np(D_), _np(z_), has_D, has_z,
+                      _np(_to_blocks(dout, width, u_.dtype)), du.numpy(), ddt.numpy(), dz.numpy(),
+                      dA_part.numpy(), dD_part.numpy(), dB_part.numpy(), dC_part.numpy())
         ddelta = _from_blocks(ddt, dim)
         if softplus:
             ddelta = torch.where(x <= _SOFTPLUS_THRESHOLD, ddelta * torch.sigmoid(x), ddelta)

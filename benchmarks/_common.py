@@ -1,0 +1,113 @@
+"""Helpers shared by the benchmarks: machine description, isolated measurements, tables.
+
+Every measurement runs in a fresh subprocess, so that its peak memory (the growth of the
+process's peak resident set over what it held just before the measured call) is its own and not
+the high-water mark of an earlier one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
+    except OSError:
+        pass
+    import numba
+    import torch
+
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(fn, repeats: int) -> dict:
+    """Time ``fn`` ``repeats`` times after one untimed first call (whose time is reported as
+    ``first_s``: it includes numba compilation or cache loading); peak memory over all calls."""
+    before = rss_mib()
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    times, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    times.sort()
+    cpu.sort()
+    return {
+        "first_s": first,
+        "times_s": times,
+        "min_s": times[0] if times else first,
+        "median_s": times[len(times) // 2] if times else first,
+        "cpu_min_s": cpu[0] if cpu else None,  # CPU time of all threads: less sensitive to load
+        "peak_mib": max(0.0, peak_rss_mib() - before),
+    }
+
+
+def run_worker(script: str, args: list[str], timeout: float, env: dict | None = None) -> dict:
+    """Run ``script --worker args`` in a fresh interpreter; its last stdout line is JSON."""
+    cmd = [sys.executable, script, "--worker", *args]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or [""]
+        return {"error": f"exit {p.returncode}: {tail[0][:200]}"}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def fmt(x, unit="", digits=3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    return f"{x:.{digits}g}{unit}"
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+
+
+def write_json(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

@@ -1,0 +1,157 @@
+"""Selective scan, forward + backward, on CPU: ours (numba) vs mambapy vs the sequential reference.
+
+    python benchmarks/bench_scan.py                      # paper shape, lengths 300, 1000, 10000
+    python benchmarks/bench_scan.py --lengths 300 --repeats 3
+
+The operation is Mamba's: out = scan(u, softplus(delta + bias), A, B, C, D) * silu(z), with the
+gradients of all inputs, at batch 16, dim 256, state 8 (the paper's Mamba layer). mambapy
+(``pip install mambapy==1.2.0``, the ``bench`` extra) does the same with its parallel scan over a
+(batch, length, dim, state) tensor; softplus, skip and gate are added around it so all three do
+the same work. Each (method, length) runs in its own process; times are the minimum and median
+of ``--repeats`` runs after a first, untimed call; peak memory is the growth of the process's
+peak RSS during the calls. Prints a table and writes benchmarks/results/scan.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import fmt, machine, measure, print_table, run_worker, write_json  # noqa: E402
+
+METHODS = ("numba", "mambapy", "reference")
+
+
+def make_inputs(batch, dim, length, nstate, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    leaves = dict(
+        u=torch.randn(batch, dim, length, generator=g),
+        delta=torch.randn(batch, dim, length, generator=g) * 0.5,
+        A=-torch.arange(1.0, nstate + 1).repeat(dim, 1),
+        B=torch.randn(batch, nstate, length, generator=g),
+        C=torch.randn(batch, nstate, length, generator=g),
+        D=torch.ones(dim),
+        z=torch.randn(batch, dim, length, generator=g),
+        delta_bias=torch.rand(dim, generator=g) - 4.0,
+    )
+    for t in leaves.values():
+        t.requires_grad_()
+    return leaves
+
+
+def scan_call(method):
+    import torch
+    import torch.nn.functional as F
+
+    if method == "numba":
+        from mambava.models.ssm import selective_scan_numba
+
+        return lambda x: selective_scan_numba(**x, delta_softplus=True)
+    if method == "reference":
+        from mambava.models.ssm import selective_scan_ref
+
+        return lambda x: selective_scan_ref(**x, delta_softplus=True)
+    from mambapy.pscan import pscan
+
+    def mambapy_scan(x):
+        # mambapy's MambaBlock.selective_scan, channel-last: (B, L, D) and (B, L, N).
+        delta = F.softplus(x["delta"] + x["delta_bias"][:, None]).transpose(1, 2)
+        u = x["u"].transpose(1, 2)
+        dA = torch.exp(delta.unsqueeze(-1) * x["A"])  # (B, L, D, N)
+        BX = delta.unsqueeze(-1) * x["B"].transpose(1, 2).unsqueeze(2) * u.unsqueeze(-1)
+        hs = pscan(dA, BX)
+        y = (hs @ x["C"].transpose(1, 2).unsqueeze(-1)).squeeze(3) + x["D"] * u
+        return (y * F.silu(x["z"].transpose(1, 2))).transpose(1, 2)
+
+    return mambapy_scan
+
+
+def worker(method: str, length: int, batch: int, dim: int, nstate: int, repeats: int) -> dict:
+    import torch
+
+    x = make_inputs(batch, dim, length, nstate)
+    fn = scan_call(method)
+    g = torch.randn(batch, dim, length, generator=torch.Generator().manual_seed(1))
+
+    def step():
+        for t in x.values():
+            t.grad = None
+        out = fn(x)
+        out.backward(g)
+
+    return measure(step, repeats)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lengths", type=int, nargs="+", default=[300, 1000, 10000])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--state", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--reference-max-length", type=int, default=1000,
+                   help="skip the sequential reference above this length (minutes and GBs)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per (method, length)")
+    p.add_argument("--out", default="scan.json")
+    p.add_argument("--worker", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.batch, a.dim, a.state, a.repeats)))
+        return
+
+    info = machine()
+    print(f"# machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, numba {info['numba']}")
+    common = ["--batch", str(a.batch), "--dim", str(a.dim), "--state", str(a.state)]
+    results = []
+    # numba's compile time without a cache (a fresh cache directory), once at the first length.
+    if "numba" in a.methods:
+        with tempfile.TemporaryDirectory() as cache:
+            cold = run_worker(__file__, ["numba", str(a.lengths[0]), *common, "--repeats", "0"], a.timeout,
+                              env={"NUMBA_CACHE_DIR": cache})
+        print(f"# numba first call with a cold cache (compiles fwd + bwd): {fmt(cold.get('first_s'), ' s')}")
+    for length in a.lengths:
+        for method in a.methods:
+            if method == "reference" and length > a.reference_max_length:
+                r = {"error": f"skipped (length > {a.reference_max_length})"}
+            else:
+                # The reference takes seconds to minutes per call: its first call is the measurement.
+                reps = a.repeats if method != "reference" else (min(a.repeats, 1) if length <= 300 else 0)
+                r = run_worker(__file__, [method, str(length), *common, "--repeats", str(reps)], a.timeout)
+            r.update(method=method, length=length)
+            results.append(r)
+            print(f"  {method:>9} L={length:<6} " + (r.get("error") or
+                  f"min {r['min_s'] * 1e3:.1f} ms  median {r['median_s'] * 1e3:.1f} ms  peak {r['peak_mib']:.0f} MiB"),
+                  flush=True)
+
+    rows = []
+    for length in a.lengths:
+        ours = next((r for r in results if r["length"] == length and r["method"] == "numba" and "min_s" in r), None)
+        for r in (r for r in results if r["length"] == length):
+            ok = "min_s" in r
+            speed = (f"{r['min_s'] / ours['min_s']:.1f}x" if ok and ours else "-")
+            mem = (f"{r['peak_mib'] / max(ours['peak_mib'], 1):.1f}x" if ok and ours else "-")
+            rows.append([f"{a.batch}x{length}x{a.dim}x{a.state}", r["method"],
+                         fmt(r["min_s"] * 1e3, " ms") if ok else r["error"],
+                         fmt(r["median_s"] * 1e3, " ms") if ok else "-",
+                         fmt(r["cpu_min_s"] * 1e3, " ms") if ok and r.get("cpu_min_s") else "-",
+                         fmt(r.get("peak_mib"), " MiB") if ok else "-", speed, mem])
+    print()
+    print_table(["B x L x D x N", "method", "fwd+bwd min", "median", "CPU time min", "peak mem",
+                 "time / ours", "mem / ours"], rows)
+    path = write_json(a.out, {"machine": info, "batch": a.batch, "dim": a.dim, "state": a.state,
+                              "repeats": a.repeats, "numba_cold_first_call_s": cold.get("first_s") if "numba" in a.methods else None,
+                              "results": results})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()
