@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -48,14 +47,36 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    with open("/proc/self/status") as f:
+        kib = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))
+    return kib / 1024
 
 
-def measure(fn, repeats: int) -> dict:
-    """Time ``fn`` ``repeats`` times after one untimed first call (whose time is reported as
-    ``first_s``: it includes numba compilation or cache loading); peak memory over all calls."""
+def measure(fn, repeats: int, warmup=None) -> dict:
+    """Time ``fn``: one untimed first call, then ``repeats`` timed calls (min and median).
+
+    ``warmup`` (the same work on a tiny input) runs before: it compiles or loads numba code and
+    starts thread pools, and its time is reported as ``warmup_s``. Then the peak-RSS counter is
+    reset, so ``peak_mib`` is the peak growth of resident memory over the calls on the real
+    input, above what the process held before them (inputs included in that base).
+    """
+    t0 = time.perf_counter()
+    if warmup is not None:
+        warmup()
+    warm = time.perf_counter() - t0
     before = rss_mib()
+    exact = reset_peak_rss()
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
@@ -68,12 +89,14 @@ def measure(fn, repeats: int) -> dict:
     times.sort()
     cpu.sort()
     return {
+        "warmup_s": warm,
         "first_s": first,
         "times_s": times,
         "min_s": times[0] if times else first,
         "median_s": times[len(times) // 2] if times else first,
         "cpu_min_s": cpu[0] if cpu else None,  # CPU time of all threads: less sensitive to load
         "peak_mib": max(0.0, peak_rss_mib() - before),
+        "peak_exact": exact,  # False: the counter could not be reset (peak may include warm-up)
     }
 
 

@@ -9,7 +9,7 @@ gradients of all inputs, at batch 16, dim 256, state 8 (the paper's Mamba layer)
 (batch, length, dim, state) tensor; softplus, skip and gate are added around it so all three do
 the same work. Each (method, length) runs in its own process; times are the minimum and median
 of ``--repeats`` runs after a first, untimed call; peak memory is the growth of the process's
-peak RSS during the calls. Prints a table and writes benchmarks/results/scan.json.
+peak RSS during the calls (after a warm-up on a tiny input that compiles and starts threads). Prints a table and writes benchmarks/results/scan.json.
 """
 
 from __future__ import annotations
@@ -76,17 +76,20 @@ def scan_call(method):
 def worker(method: str, length: int, batch: int, dim: int, nstate: int, repeats: int) -> dict:
     import torch
 
-    x = make_inputs(batch, dim, length, nstate)
     fn = scan_call(method)
-    g = torch.randn(batch, dim, length, generator=torch.Generator().manual_seed(1))
 
-    def step():
-        for t in x.values():
-            t.grad = None
-        out = fn(x)
-        out.backward(g)
+    def job(b, l):
+        x = make_inputs(b, dim, l, nstate)
+        g = torch.randn(b, dim, l, generator=torch.Generator().manual_seed(1))
 
-    return measure(step, repeats)
+        def step():
+            for t in x.values():
+                t.grad = None
+            fn(x).backward(g)
+
+        return step
+
+    return measure(job(batch, length), repeats, warmup=job(2, 16))
 
 
 def main() -> None:
@@ -114,16 +117,20 @@ def main() -> None:
     # numba's compile time without a cache (a fresh cache directory), once at the first length.
     if "numba" in a.methods:
         with tempfile.TemporaryDirectory() as cache:
-            cold = run_worker(__file__, ["numba", str(a.lengths[0]), *common, "--repeats", "0"], a.timeout,
+            cold = run_worker(__file__, ["numba", "16", *common, "--repeats", "0"], a.timeout,
                               env={"NUMBA_CACHE_DIR": cache})
-        print(f"# numba first call with a cold cache (compiles fwd + bwd): {fmt(cold.get('first_s'), ' s')}")
+            warm = run_worker(__file__, ["numba", "16", *common, "--repeats", "0"], a.timeout,
+                              env={"NUMBA_CACHE_DIR": cache})
+        print(f"# numba first call, fwd + bwd: {fmt(cold.get('warmup_s'), ' s')} with a cold cache (compiles), "
+              f"{fmt(warm.get('warmup_s'), ' s')} from the cache")
     for length in a.lengths:
         for method in a.methods:
             if method == "reference" and length > a.reference_max_length:
                 r = {"error": f"skipped (length > {a.reference_max_length})"}
             else:
-                # The reference takes seconds to minutes per call: its first call is the measurement.
-                reps = a.repeats if method != "reference" else (min(a.repeats, 1) if length <= 300 else 0)
+                # The slow methods take seconds to minutes per call: fewer repeats.
+                reps = (a.repeats if method == "numba" or length <= 1000 else 1) if method != "reference" \
+                    else (min(a.repeats, 1) if length <= 300 else 0)
                 r = run_worker(__file__, [method, str(length), *common, "--repeats", str(reps)], a.timeout)
             r.update(method=method, length=length)
             results.append(r)
@@ -147,7 +154,8 @@ def main() -> None:
     print_table(["B x L x D x N", "method", "fwd+bwd min", "median", "CPU time min", "peak mem",
                  "time / ours", "mem / ours"], rows)
     path = write_json(a.out, {"machine": info, "batch": a.batch, "dim": a.dim, "state": a.state,
-                              "repeats": a.repeats, "numba_cold_first_call_s": cold.get("first_s") if "numba" in a.methods else None,
+                              "repeats": a.repeats, "numba_first_call_cold_cache_s": cold.get("warmup_s") if "numba" in a.methods else None,
+                              "numba_first_call_warm_cache_s": warm.get("warmup_s") if "numba" in a.methods else None,
                               "results": results})
     print(f"\nwrote {path}")
 

@@ -396,7 +396,7 @@ class _NumbaScan(torch.autograd.Function):
         x = delta.detach().to(dtype)
         if delta_bias is not None:
             x = x + delta_bias.detach().to(dtype)[:, None]
-        dt = torch.where(x <= _SOFTPLUS_THRESHOLD, F.softplus(x), x) if delta_softplus else x
+        dt = F.softplus(x, threshold=_SOFTPLUS_THRESHOLD) if delta_softplus else x  # identity above 20
         # One width for forward and backward, so the blocked inputs are reused by the backward;
         # a forward that needs no gradient (inference) is free of the backward's scratch limit.
         width = _block_width(batch, dim, length, nstate, backward=any(ctx.needs_input_grad))
@@ -444,8 +444,8 @@ class _NumbaScan(torch.autograd.Function):
                       _np(_to_blocks(dout, width, u_.dtype)), du.numpy(), ddt.numpy(), dz.numpy(),
                       dA_part.numpy(), dD_part.numpy(), dB_part.numpy(), dC_part.numpy())
         ddelta = _from_blocks(ddt, dim)
-        if softplus:
-            ddelta = torch.where(x <= _SOFTPLUS_THRESHOLD, ddelta * torch.sigmoid(x), ddelta)
+        if softplus:  # above the threshold softplus is the identity and sigmoid(x) == 1 in fp32
+            ddelta = ddelta * torch.sigmoid(x)
         t_u, t_delta, t_A, t_B, t_C, t_D, t_z, t_bias = ctx.dtypes
         dA = dA_part.sum(0, dtype=torch.float64).permute(0, 2, 1).reshape(nblk * width, nstate)
         dD = dD_part.sum(0, dtype=torch.float64).reshape(nblk * width)
