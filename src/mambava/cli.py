@@ -108,6 +108,36 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", required=True, type=int, help="0 = official split, 1..5 = cross-validation folds")
 
 
+# --------------------------------------------------------------------------- book
+def cmd_book_strip(args) -> int:
+    from mambava.book import strip_notebook
+
+    for path in args.notebooks:
+        strip_notebook(path)
+    return 0
+
+
+def cmd_book_check(args) -> int:
+    from mambava.book import check_book
+
+    problems = check_book(args.html)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) in the book at {args.html}", file=sys.stderr)
+        return 1
+    print(f"{args.html}: OK")
+    return 0
+
+
+def cmd_book_screenshots(args) -> int:
+    from mambava.book import screenshots
+
+    for png in screenshots(args.html, args.out):
+        print(png)
+    return 0
+
+
 # --------------------------------------------------------------------------- misc
 def cmd_where(args) -> int:
     """Say where the results of `dvc repro` are."""
@@ -161,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plots", help="DVC stage `plots`: static PNGs of the training logs, results.csv")
     p.add_argument("--out", default="outputs/plots", help="folder for the images and results.csv")
     p.set_defaults(func=cmd_plots)
+
+    book = sub.add_parser("book", help="the Jupyter Book: strip, check, screenshots").add_subparsers(
+        dest="book_cmd", required=True)
+    p = book.add_parser("strip", help="remove volatile metadata from executed notebooks (in place)")
+    p.add_argument("notebooks", nargs="+")
+    p.set_defaults(func=cmd_book_strip)
+    p = book.add_parser("check", help="check the built HTML: errors, images, tables, network assets")
+    p.add_argument("html", nargs="?", default="book/_build/html")
+    p.set_defaults(func=cmd_book_check)
+    p = book.add_parser("screenshots", help="PNG of every page in headless Chromium (Debian's chromium)")
+    p.add_argument("html", nargs="?", default="book/_build/html")
+    p.add_argument("--out", default="outputs/book_screenshots")
+    p.set_defaults(func=cmd_book_screenshots)
 
     p = sub.add_parser("where", help="print where the results are")
     p.set_defaults(func=cmd_where)

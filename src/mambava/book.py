@@ -1,0 +1,207 @@
+"""Tools around the book: strip volatile metadata from executed notebooks, check the built HTML,
+and take screenshots of its pages in headless Chromium.
+
+    mambava book strip book/notebooks/table1.ipynb     (after papermill, in each notebook stage)
+    mambava book check [book/_build/html]              (errors, missing images, tables, CDN assets)
+    mambava book screenshots [--out outputs/book_screenshots]
+
+The check is what tests/test_book.py asserts; the screenshots need Debian's ``chromium`` and are
+for a person to look at, not part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+# The pages of the book built from notebooks, and how many tables / figures each must show.
+PAGES = {
+    "data": {"tables": 1, "images": 3},
+    "features": {"tables": 1, "images": 2},
+    "table1": {"tables": 1, "images": 1},
+    "table2": {"tables": 1, "images": 0},
+    "ablations": {"tables": 2, "images": 1},
+    "long_sequences": {"tables": 1, "images": 1},
+    "predictions": {"tables": 1, "images": 1},
+    "reproducibility": {"tables": 2, "images": 1},
+}
+
+
+# --------------------------------------------------------------------------- strip
+def strip_notebook(path: str | Path, out: str | Path | None = None) -> Path:
+    """Remove what changes from run to run (papermill/nbclient timestamps and durations,
+    execution counts, the random id of papermill's injected cell) so that re-executing a notebook with the same inputs gives the same file.
+    The papermill parameters are kept. Writes in place unless ``out`` is given."""
+    path = Path(path)
+    nb = json.loads(path.read_text())
+    pm = nb.get("metadata", {}).pop("papermill", None)
+    if pm and "parameters" in pm:
+        nb["metadata"]["papermill"] = {"parameters": pm["parameters"]}
+    for cell in nb.get("cells", []):
+        md = cell.get("metadata", {})
+        if "injected-parameters" in md.get("tags", []) and "id" in cell:
+            cell["id"] = "injected-parameters"  # papermill draws a new random id each run
+        md.pop("execution", None)
+        md.pop("papermill", None)
+        if cell.get("cell_type") == "code":
+            cell["execution_count"] = None
+            for o in cell.get("outputs", []):
+                if "execution_count" in o:
+                    o["execution_count"] = None
+    out = Path(out) if out else path
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+# --------------------------------------------------------------------------- check
+@dataclass
+class PageReport:
+    page: str
+    tables: int = 0
+    images: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+class _Scan(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tables = 0
+        self.images: list[str] = []
+        self.remote: list[str] = []
+        self.errors: list[str] = []
+        self._stack: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        cls = a.get("class") or ""
+        if tag == "table":
+            self.tables += 1
+        if tag == "img" and a.get("src"):
+            self.images.append(a["src"])
+        for key in ("src", "href") if tag in ("script", "link", "img", "iframe") else ():
+            url = a.get(key) or ""
+            if urlparse(url).scheme in ("http", "https") or url.startswith("//"):
+                if tag != "link" or a.get("rel") and set(a["rel"].split()) & {"stylesheet", "preload", "icon"}:
+                    self.remote.append(f"<{tag} {key}={url}>")
+        if "traceback" in cls or "output stderr" in cls or "output error" in cls:
+            self.errors.append(f"<{tag} class={cls!r}>")
+
+    def handle_data(self, data):
+        if "Traceback (most recent call last)" in data:
+            self.errors.append("a Python traceback")
+
+
+def check_page(html_file: str | Path, root: str | Path | None = None) -> PageReport:
+    """Scan one built page: tables, images (and whether each resolves to a file), error or stderr
+    outputs, and assets loaded from the network."""
+    html_file = Path(html_file)
+    scan = _Scan()
+    scan.feed(html_file.read_text(errors="replace"))
+    rep = PageReport(page=html_file.name, tables=scan.tables, images=scan.images)
+    rep.problems += [f"{html_file.name}: error output {e}" for e in scan.errors]
+    rep.problems += [f"{html_file.name}: loads from the network {r}" for r in scan.remote]
+    for src in scan.images:
+        u = urlparse(src)
+        if u.scheme == "data":
+            continue
+        if u.scheme in ("http", "https"):
+            continue  # already reported as remote
+        target = (html_file.parent / unquote(u.path)).resolve()
+        if not target.is_file() or target.stat().st_size == 0:
+            rep.problems.append(f"{html_file.name}: image {src} does not resolve to a file")
+    return rep
+
+
+def check_book(html_dir: str | Path = "book/_build/html", pages: dict | None = None) -> list[str]:
+    """Problems of the built book (empty = good): every page scanned by check_page(); each
+    notebook page in ``pages`` ({name: {"tables": n, "images": n}}) must exist under
+    ``notebooks/`` and show at least that many tables and figures."""
+    html_dir = Path(html_dir)
+    pages = PAGES if pages is None else pages
+    if not (html_dir / "index.html").exists():
+        return [f"{html_dir}: no index.html (build the book first)"]
+    problems = []
+    for f in sorted(html_dir.rglob("*.html")):
+        if "_static" in f.parts or f.name in ("search.html", "genindex.html"):
+            continue
+        problems += check_page(f, html_dir).problems
+    for name, want in pages.items():
+        f = html_dir / "notebooks" / f"{name}.html"
+        if not f.exists():
+            problems.append(f"{f}: page missing")
+            continue
+        r = check_page(f, html_dir)
+        if r.tables < want.get("tables", 0):
+            problems.append(f"{f.name}: {r.tables} table(s), expected at least {want['tables']}")
+        if len(r.images) < want.get("images", 0):
+            problems.append(f"{f.name}: {len(r.images)} figure(s), expected at least {want['images']}")
+    return problems
+
+
+# --------------------------------------------------------------------------- screenshots
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        p = shutil.which(name)
+        if p:
+            return p
+    return None
+
+
+def screenshot(html_file: Path, png: Path, chromium: str, width: int = 1280, height: int = 5000) -> Path:
+    """One page to PNG in headless Chromium (a tall viewport, trailing blank rows trimmed; taller
+    until the whole page fits)."""
+    while True:
+        _shoot(html_file, png, chromium, width, height)
+        if _trim(png) > 120 or height >= 40000:
+            return png
+        height *= 2
+
+
+def _shoot(html_file: Path, png: Path, chromium: str, width: int, height: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="mambava-chromium-") as profile:
+        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={width},{height}",
+               f"--screenshot={png}", html_file.resolve().as_uri()]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if r.returncode or not png.exists():
+        raise RuntimeError(f"chromium could not screenshot {html_file}: {r.stderr[-2000:]}")
+
+
+def _trim(png: Path, margin: int = 40) -> int:
+    """Cut the blank space below the content: the last row that is not uniform in the article
+    column (the sidebars run to the bottom of the viewport, so they are left out of the test).
+    Returns the blank rows found below the content (small: the page may be taller than the shot)."""
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(png).convert("RGB")
+    a = np.asarray(img).astype(int)
+    col = a[:, img.width // 4 : img.width - 20]
+    busy = np.flatnonzero((col.max(axis=1) - col.min(axis=1)).max(axis=1) > 0)
+    busy = busy[busy < img.height - 80]  # the theme pins a footer and a button to the viewport's bottom
+    if busy.size:
+        img.crop((0, 0, img.width, min(img.height, int(busy[-1]) + margin))).save(png)
+    return img.height - (int(busy[-1]) if busy.size else 0)
+
+
+def screenshots(html_dir: str | Path = "book/_build/html", out: str | Path = "outputs/book_screenshots",
+                chromium: str | None = None) -> list[Path]:
+    """Screenshots of every page (index.html only redirects, so it is skipped) into ``out``."""
+    chromium = chromium or find_chromium()
+    if chromium is None:
+        raise RuntimeError("no chromium found (Debian: apt-get install -y chromium)")
+    html_dir, out = Path(html_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pages = [*sorted(p for p in html_dir.glob("*.html") if p.name not in ("index.html", "search.html", "genindex.html")),
+             *sorted((html_dir / "notebooks").glob("*.html"))]
+    return [screenshot(p, out / f"{p.stem}.png", chromium) for p in pages if p.exists()]

@@ -1,0 +1,158 @@
+"""mambava.report against independent computations (audmetric's CCC, scipy's binomial test, the
+twin's own generator) on small fake pipeline outputs."""
+
+from __future__ import annotations
+
+import audmetric
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binomtest
+
+from mambava import report
+from _fake_runs import make_bench, make_runs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return make_runs(tmp_path_factory.mktemp("fake"), folds=range(3), videos_per_fold=3, frames=(120, 300))
+
+
+def _audmetric_ccc(pred, true):
+    keep = true != -5
+    return audmetric.concordance_cc(true[keep], pred[keep])
+
+
+def test_paper_reference_is_consistent():
+    t1, t2 = report.paper_table1(), report.paper_table2()
+    assert list(t1.index) == [0, 1, 2, 3, 4, 5, "baseline"]
+    # the paper's "average" column is the mean of valence and arousal, to its rounding
+    assert np.allclose((t1.valence + t1.arousal) / 2, t1.average, atol=6e-5)
+    assert np.allclose((t2.valence + t2.arousal) / 2, t2.average, atol=6e-4)
+    assert t1.loc[0, "valence"] == 0.5454 and t2.method.iloc[0] == "USTC-IAT-United"
+
+
+def test_scores_and_per_video_match_audmetric(runs):
+    pred = report.load_predictions(report.run_dir(runs, "mamba_va", 1))
+    s = report.scores(pred, n_boot=50, seed=1)
+    for dim in ("valence", "arousal"):
+        ref = _audmetric_ccc(pred[dim].to_numpy(), pred[f"{dim}_true"].to_numpy())
+        assert s[f"ccc_{dim}"] == pytest.approx(ref, abs=1e-9)
+        assert s[f"ccc_{dim}_lo"] <= s[f"ccc_{dim}"] <= s[f"ccc_{dim}_hi"]
+    pv = report.per_video_ccc(pred)
+    for r in pv.itertuples():
+        g = pred[pred.video == r.video]
+        assert r.ccc_arousal == pytest.approx(_audmetric_ccc(g.arousal.to_numpy(), g.arousal_true.to_numpy()), abs=1e-9)
+        assert r.p_va == pytest.approx((r.ccc_valence + r.ccc_arousal) / 2)
+
+
+def test_fold_scores_recompute_the_reported_metrics(runs):
+    fs = report.fold_scores(runs, "no_tcn")
+    assert list(fs.fold) == [0, 1, 2]
+    assert np.allclose(fs.p_va, fs.reported_p_va, atol=1e-9)
+
+
+def test_paired_bootstrap(runs):
+    a = report.load_predictions(report.run_dir(runs, "no_tcn", 0))
+    b = report.load_predictions(report.run_dir(runs, "mamba_va", 0))
+    d = report.paired_bootstrap(a, b, n_boot=100, seed=3)
+    sa, sb = report.scores(a), report.scores(b)
+    for k in report.METRICS:
+        diff, lo, hi = d[k]
+        assert diff == pytest.approx(sa[k] - sb[k], abs=1e-12)
+        assert lo <= hi
+    assert d == report.paired_bootstrap(a, b, n_boot=100, seed=3)  # seeded
+    same = report.paired_bootstrap(b, b, n_boot=20)
+    assert all(same[k] == (0.0, 0.0, 0.0) for k in report.METRICS) and same["p_better"] == 0.0
+    with pytest.raises(ValueError, match="different frames"):
+        report.paired_bootstrap(a.iloc[:-1], b)
+    pv = report.paired_video_differences(a, b)
+    ref = report.per_video_ccc(a).p_va.to_numpy() - report.per_video_ccc(b).p_va.to_numpy()
+    assert np.allclose(pv.d_p_va, ref)
+
+
+@pytest.mark.parametrize("diffs", [[1, 2, -1, 3, 0.5, 2, -0.1, 4], [-1] * 7 + [1], [0.3]])
+def test_sign_test_matches_scipy(diffs):
+    d = np.array(diffs, dtype=float)
+    assert report.sign_test(d) == pytest.approx(binomtest(int((d > 0).sum()), len(d)).pvalue)
+
+
+def test_table1_puts_ours_beside_the_papers(runs):
+    ours = report.fold_scores(runs, "mamba_va", n_boot=30)
+    t = report.table1(ours)
+    assert list(t.index) == ["Fold 0", "Fold 1", "Fold 2", "Mean ± sd (folds)", "Baseline (organisers)"]
+    assert t.loc["Fold 1", ("Valence", "paper")] == "0.5423"
+    r = ours.set_index("fold").loc[2]
+    assert t.loc["Fold 2", ("Average", "ours")] == f"{r.p_va:.3f} [{r.p_va_lo:.3f}, {r.p_va_hi:.3f}]"
+    assert t.loc["Baseline (organisers)", ("Arousal", "paper")] == "0.2000"
+    # the paper's mean over the same folds only
+    assert t.loc["Mean ± sd (folds)", ("Average", "paper")].startswith(f"{np.mean([0.4651, 0.4517, 0.4836]):.4f}")
+
+
+def test_table2_ranks_our_row():
+    ours = {"ccc_valence": 0.55, "ccc_arousal": 0.5, "p_va": 0.525, "p_va_lo": 0.4, "p_va_hi": 0.6}
+    t = report.table2(ours, label="us")
+    assert len(t) == 9 and t.loc[4, "Method"] == "us"  # between CtyunAI (0.578) and HSEmotion (0.522)
+    assert t.loc[4, "Average"] == "0.525 [0.400, 0.600]" and t.loc[4, "source"] == "this pipeline"
+    assert t.loc[1, "Average"] == "0.600"
+
+
+def test_ablation_table(runs):
+    per_fold = pd.concat([report.fold_scores(runs, v, n_boot=20).assign(variant=v) for v in report.VARIANTS])
+    costs = report.cost_columns(report.load_metrics(runs))
+    t = report.ablation_table(per_fold, costs)
+    assert list(t.index) == [report.VARIANT_LABELS[v] for v in report.VARIANTS]
+    row = t.loc[report.VARIANT_LABELS["transformer"]]
+    assert row["Parameters"] == "150,000" and row["s / epoch"] == "5.50" and row["folds"] == 3
+    f = per_fold[per_fold.variant == "transformer"].p_va
+    assert row["Average (mean ± sd)"] == f"{f.mean():.3f} ± {f.std(ddof=1):.3f}"
+
+
+def test_pick_videos():
+    pv = pd.DataFrame({"video": list("abcde"), "p_va": [0.5, 0.1, 0.9, 0.3, 0.7]})
+    assert report.pick_videos(pv) == {"best": "c", "median": "a", "worst": "b"}
+
+
+def test_window_sweep_and_benchmarks(runs, tmp_path):
+    sw = report.load_window_sweep(runs, "mamba_va")
+    assert sw.whole.sum() == 3 and np.isinf(sw[sw.whole].window_frames).all()
+    b = report.benchmark_records(make_bench(tmp_path) / "bench_temporal.json")
+    assert set(b.model) == {"mamba", "transformer"} and b.seq_len.max() == 100000
+
+
+def test_mean_expression_matches_the_twin():
+    from mambava.data.synthetic import expression_track
+
+    v, a = 0.5, -0.4
+    n = 6000
+    tr = expression_track(np.random.default_rng(0), np.tile([v, a], (n, 1)), fps=30.0)
+    want = report.mean_expression(v, a)
+    assert tr["mouth_curve"].mean() == pytest.approx(want["mouth_curve"], abs=0.05)
+    assert tr["brow_tilt"].mean() == pytest.approx(want["brow_tilt"], abs=0.05)
+    blink = np.convolve(tr["blink_onset"], np.ones(6))[:n] > 0
+    assert tr["eye_open"][~blink].mean() == pytest.approx(want["eye_open"], abs=0.05)
+    assert np.quantile(tr["mouth_open"], 0.2) == pytest.approx(want["mouth_open"], abs=0.05)  # at rest
+
+
+def test_docstring_markdown():
+    doc = "Title line.\n\nIntro with :mod:`x.y` and ``code``.\n\nSection\n-------\n**Bold** text.\n"
+    md = report.docstring_markdown(doc)
+    assert "Title line" not in md and "### Section" in md and "`x.y`" in md and "`code`" in md and ":mod:" not in md
+
+
+def test_pipeline_stages_and_edges(repo):
+    st = report.pipeline_stages(repo / "dvc.yaml", repo / "params.yaml")
+    names = set(st.stage)
+    assert {"data", "book", "notebook_table1"} <= names
+    if "train" in set(st.base):
+        assert (st.base == "train").sum() == 24 and "train@mamba_va-0" in names
+    edges = report.pipeline_edges(st)
+    assert ("data", "notebook_data") in edges and ("notebook_table1", "book") in edges
+
+
+def test_dataset_table():
+    idx = pd.DataFrame({"video": list("abc"), "split": ["train", "train", "test"], "n_frames": [10, 20, 30],
+                        "n_frames_on_disk": [9, 20, 27], "n_annotated": [10, 18, 30]})
+    t = report.dataset_table(idx)
+    assert list(t.index) == ["train", "test", "total"]
+    assert t.loc["total", "frames"] == 60 and t.loc["train", "faces %"] == pytest.approx(96.7)
