@@ -191,3 +191,16 @@ def test_cuda_backend_matches_numba():
     torch.testing.assert_close(out_c.cpu(), out, rtol=6e-4, atol=2e-3)
     for k in grads:
         torch.testing.assert_close(grads_c[k].cpu(), grads[k], rtol=6e-4, atol=2e-3, msg=k)
+
+
+def test_small_steps_keep_accurate_softplus_gradients():
+    """mamba-ssm initialises dt down to 1e-3 (floor 1e-4): softplus's derivative there is tiny
+    and must not lose its relative precision."""
+    use = {"D": True, "z": False, "delta_bias": True}
+    inputs = make_inputs(2, 16, 30, 4, seed=11)
+    inputs["delta"] = inputs["delta"] - 9.0  # dt = softplus(x) ~ 1e-4 .. 1e-3
+    out, _, grads, g = run(selective_scan_numba, inputs, use, True, False)
+    out_r, _, grads_r, _ = run(selective_scan_ref, inputs, use, True, False, g, torch.float64)
+    for k in ("delta", "delta_bias"):
+        scale = grads_r[k].abs().max()
+        torch.testing.assert_close(grads[k].double() / scale, grads_r[k] / scale, rtol=1e-4, atol=1e-5, msg=k)

@@ -235,7 +235,7 @@ def _scan_fwd(u, dt, At, Bt, Ct, Dv, z, has_D, has_z, out, last):
 
 
 @njit(fastmath=True, cache=True, error_model="numpy")
-def _bwd_block(u, dt, At, Bt, Ct, Dv, z, has_D, has_z, dout, b, k,
+def _bwd_block(u, dt, At, Bt, Ct, Dv, z, has_D, has_z, softplus, dout, b, k,
                du, ddt, dz, dA_part, dD_part, dB_part, dC_part):
     """Backward of batch element b, channel block k; see ``_scan_bwd``."""
     length = u.shape[2]
@@ -324,12 +324,19 @@ def _bwd_block(u, dt, At, Bt, Ct, Dv, z, has_D, has_z, dout, b, k,
                 ghr[j] = ghn * e
             dB_part[b, k, t, n] = db
             dC_part[b, k, t, n] = dc
+        if softplus:
+            # d softplus(x)/dx = sigmoid(x) = 1 - exp(-dt): from the saved dt, so x need not be
+            # kept. A series below 0.1 avoids the cancellation in 1 - exp(-dt) for small steps.
+            for j in range(w):
+                d = dr[j]
+                series = d * (1 - d / 2 * (1 - d / 3 * (1 - d / 4)))
+                ddtr[j] *= series if d < 0.1 else 1 - _exp(-d)
     dA_part[b, k] = dA_acc
     dD_part[b, k] = dD_acc
 
 
 @njit(parallel=True, cache=True)
-def _scan_bwd(u, dt, At, Bt, Ct, Dv, z, has_D, has_z, dout, du, ddt, dz,
+def _scan_bwd(u, dt, At, Bt, Ct, Dv, z, has_D, has_z, softplus, dout, du, ddt, dz,
               dA_part, dD_part, dB_part, dC_part):
     """Gradients of ``_scan_fwd`` given dout, all in its block-major layout.
 
@@ -338,11 +345,12 @@ def _scan_bwd(u, dt, At, Bt, Ct, Dv, z, has_D, has_z, dout, du, ddt, dz,
     g_h(t) = C_t g_y(t) + exp(dt_{t+1} A) g_h(t + 1). dB and dC sum over channels, so each block
     writes its own partial (b, block, l, n) slice and the caller sums over blocks: no races.
     dA (b, blocks, n, w) and dD (b, blocks, w) partials are summed over the batch by the caller.
-    ``ddt`` is the gradient with respect to the step size after softplus.
+    ``ddt`` is the gradient with respect to the step size before softplus (``softplus``) or
+    the step size itself.
     """
     batch, nblk = u.shape[0], u.shape[1]
     for it in prange(batch * nblk):
-        _bwd_block(u, dt, At, Bt, Ct, Dv, z, has_D, has_z, dout, it // nblk, it % nblk,
+        _bwd_block(u, dt, At, Bt, Ct, Dv, z, has_D, has_z, softplus, dout, it // nblk, it % nblk,
                    du, ddt, dz, dA_part, dD_part, dB_part, dC_part)
 
 
@@ -416,7 +424,7 @@ class _NumbaScan(torch.autograd.Function):
             _scan_fwd(_np(u_), _np(dt_), _np(At), _np(Bt), _np(Ct), _np(D_), _np(z_),
                       D is not None, z is not None, out.numpy(), last.numpy())
         if any(ctx.needs_input_grad):
-            ctx.save_for_backward(u_, dt_, At, Bt, Ct, D_, z_, x)
+            ctx.save_for_backward(u_, dt_, At, Bt, Ct, D_, z_)
         ctx.flags = (D is not None, z is not None, delta_bias is not None, bool(delta_softplus))
         ctx.dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias)]
         ctx.dim = dim
@@ -427,7 +435,7 @@ class _NumbaScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _dlast):
         # The last state is an output for streaming only; like mamba-ssm, no gradient through it.
-        u_, dt_, At, Bt, Ct, D_, z_, x = ctx.saved_tensors
+        u_, dt_, At, Bt, Ct, D_, z_ = ctx.saved_tensors
         has_D, has_z, has_bias, softplus = ctx.flags
         dim = ctx.dim
         batch, nblk, length, width = u_.shape
@@ -441,11 +449,9 @@ class _NumbaScan(torch.autograd.Function):
         dC_part = torch.empty(batch, nblk, length, nstate, dtype=u_.dtype)
         with numba.parallel_chunksize(1):
             _scan_bwd(_np(u_), _np(dt_), _np(At), _np(Bt), _np(Ct), _np(D_), _np(z_), has_D, has_z,
-                      _np(_to_blocks(dout, width, u_.dtype)), du.numpy(), ddt.numpy(), dz.numpy(),
+                      softplus, _np(_to_blocks(dout, width, u_.dtype)), du.numpy(), ddt.numpy(), dz.numpy(),
                       dA_part.numpy(), dD_part.numpy(), dB_part.numpy(), dC_part.numpy())
         ddelta = _from_blocks(ddt, dim)
-        if softplus:  # above the threshold softplus is the identity and sigmoid(x) == 1 in fp32
-            ddelta = ddelta * torch.sigmoid(x)
         t_u, t_delta, t_A, t_B, t_C, t_D, t_z, t_bias = ctx.dtypes
         dA = dA_part.sum(0, dtype=torch.float64).permute(0, 2, 1).reshape(nblk * width, nstate)
         dD = dD_part.sum(0, dtype=torch.float64).reshape(nblk * width)
