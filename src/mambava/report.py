@@ -266,7 +266,7 @@ def table1(ours: pd.DataFrame, paper: pd.DataFrame | None = None, digits: int = 
         mean_row.append(f"{ours[k].mean():.{digits}f} ± {ours[k].std(ddof=1):.{digits}f}" if len(ours) > 1
                         else f"{ours[k].mean():.{digits}f}")
         pm = paper.loc[folds, pcol[k]].astype(float)
-        mean_row.append(f"{pm.mean():.4f} ± {pm.std(ddof=1):.4f}" if len(pm) > 1 else "")
+        mean_row.append(f"{pm.mean():.4f} ± {pm.std(ddof=1):.3f}" if len(pm) > 1 else "")
     rows.append(mean_row)
     index.append("Mean ± sd (folds)")
     base = []
