@@ -196,11 +196,10 @@ def run(cfg, variant: str, fold: int) -> dict:
     from mambava.data.affwild2 import load_index
     from mambava.data.windows import fold_videos, read_folds
     from mambava.inference import load_videos, resolve_device, run_dir, scan_backend
-    from mambava.train import atomic_write_text, environment, load_best
+    from mambava.train import atomic_write_text, environment, load_best, set_threads
 
     ecfg = cfg.evaluate
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    set_threads(cfg.train.threads)
     device = resolve_device(cfg.device)
     out = run_dir(cfg.train.out, variant, fold)
     model, ck = load_best(out / "best.pt", device)

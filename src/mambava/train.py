@@ -126,6 +126,23 @@ def peak_memory() -> dict:
     return out
 
 
+def set_threads(n: int | None) -> None:
+    """CPU threads of torch and of the numba scan (``train.threads``; None = leave the defaults).
+
+    On a small shared machine one thread each avoids two OpenMP pools spinning against each
+    other, which costs far more than it gains for a model this small.
+    """
+    if not n:
+        return
+    torch.set_num_threads(n)
+    try:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # pragma: no cover - numba is a dependency, but only the scan needs it
+        pass
+
+
 def environment(device: torch.device, backend: str, seed: int) -> dict:
     return {
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
@@ -298,8 +315,7 @@ def run(cfg, variant: str, fold: int, progress: bool = True, interrupt_at: int |
     from mambava.inference import build_model, load_videos, resolve_device, run_dir, scan_backend, variant_model_config
 
     tc = cfg.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
+    set_threads(tc.threads)
     device = resolve_device(cfg.device)
     mcfg = variant_model_config(cfg.model, variant)
     index = load_index(cfg.data.index)
