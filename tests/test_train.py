@@ -200,3 +200,32 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     wa = torch.load(tmp_path / "ref" / "best.pt", weights_only=True)["model"]
     wb = torch.load(out / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("variant", ["mamba_va", "transformer"])
+def test_real_model_resume_is_bitwise(tmp_path, variant):
+    """The same with the study's model (numba scan on CPU, attention dropout): bitwise equal."""
+    from mambava.config import ModelConfig
+    from mambava.inference import build_model, variant_model_config
+
+    mcfg = variant_model_config(
+        ModelConfig(input_dim=6, tcn_channels=[8, 8], tcn_kernel=3, d_model=8, n_layers=1, n_heads=2,
+                    head_hidden=8, scan_backend="numba"),
+        variant,
+    )
+    tc, ec = configs(seed=1, epochs=2)
+    vids = make_videos()
+
+    def go(out, interrupt_at=None):
+        torch.manual_seed(1)
+        return fit(build_model(mcfg), Windows(vids[:4], 32, 24), vids[4:], tc, ec, torch.device("cpu"), out,
+                   fingerprint="fp", progress=False, interrupt_at=interrupt_at)
+
+    ref = go(tmp_path / "ref")
+    with pytest.raises(Interrupted):
+        go(tmp_path / "run", interrupt_at=5)
+    resumed = go(tmp_path / "run")
+    assert strip_time(resumed) == strip_time(ref)
+    wa = torch.load(tmp_path / "ref" / "best.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
