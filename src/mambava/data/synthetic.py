@@ -226,7 +226,7 @@ def expression_track(rng: np.random.Generator, latent: np.ndarray, fps: float) -
     sec = fps
     tr: dict[str, np.ndarray] = {}
     # Static evidence, noisy frame by frame and with a slow nuisance drift.
-    tr["mouth_curve"] = np.clip(0.85 * v + rng.normal(0, 0.3, n) + _smooth_noise(rng, n, 2 * sec, 0.2), -1.3, 1.3)
+    tr["mouth_curve"] = np.clip(0.85 * v + rng.normal(0, 0.25, n) + _smooth_noise(rng, n, 2 * sec, 0.2), -1.3, 1.3)
     tr["brow_tilt"] = np.clip(-0.7 * v + rng.normal(0, 0.35, n) + _smooth_noise(rng, n, 2 * sec, 0.2), -1.3, 1.3)
     eye = 0.62 + 0.18 * a + rng.normal(0, 0.15, n) + _smooth_noise(rng, n, 3 * sec, 0.1)
     # Blinks: a Poisson process whose rate follows arousal (temporal evidence only).
@@ -253,7 +253,7 @@ def expression_track(rng: np.random.Generator, latent: np.ndarray, fps: float) -
     # Slow pose, light, blur, occlusion.
     tr["dx"] = jit[:, 0] + _smooth_noise(rng, n, 4 * sec, 0.02)
     tr["dy"] = jit[:, 1] + _smooth_noise(rng, n, 4 * sec, 0.015)
-    tr["roll"] = jit[:, 2] + _smooth_noise(rng, n, 5 * sec, 7.0)  # degrees
+    tr["roll"] = jit[:, 2] + _smooth_noise(rng, n, 5 * sec, 5.0)  # degrees
     tr["yaw"] = np.clip(_smooth_noise(rng, n, 5 * sec, 0.25), -0.7, 0.7)
     tr["pitch"] = np.clip(_smooth_noise(rng, n, 5 * sec, 0.2), -0.6, 0.6)
     tr["light_angle"] = rng.uniform(0, 2 * np.pi) + _smooth_noise(rng, n, 10 * sec, 0.8)
@@ -341,8 +341,8 @@ class Renderer:
                 d.line(_rot(almond[:11], centre, roll), fill=(60, 40, 30), width=2)
             # brows: tilt > 0 raises the inner end (sad / worried), < 0 lowers it (angry)
             by = eye_y - 2.2 * ident.eye_size * B - 0.05 * ry * max(p["eye_open"] - 0.6, 0) * 3
-            inner = np.array([ex - side * 0.9 * ew, by - p["brow_tilt"] * 0.07 * ry])
-            outer = np.array([ex + side * 1.1 * ew, by + p["brow_tilt"] * 0.03 * ry])
+            inner = np.array([ex - side * 0.9 * ew, by - p["brow_tilt"] * 0.11 * ry])
+            outer = np.array([ex + side * 1.1 * ew, by + p["brow_tilt"] * 0.04 * ry])
             d.line(_rot(np.stack([inner, outer]), centre, roll), fill=tuple(int(c * 0.5) for c in ident.hair), width=max(2, B // 60))
         # nose
         d.line(_rot(np.array([[fx * 1.1, -0.02 * ry + fy], [fx * 1.25 + 0.02 * rx, 0.2 * ry + fy]]), centre, roll), fill=dark, width=2)
@@ -351,7 +351,7 @@ class Renderer:
         my = 0.45 * ry + fy
         xs = np.linspace(-mw, mw, 17)
         u = (xs / mw) ** 2
-        upper = my - p["mouth_curve"] * 0.13 * ry * u
+        upper = my - p["mouth_curve"] * 0.2 * ry * u
         lower = upper + p["mouth_open"] * 0.35 * ry * (1 - u)
         lip = (150, 60, 60)
         if p["mouth_open"] > 0.04:
