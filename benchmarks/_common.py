@@ -100,11 +100,19 @@ def measure(fn, repeats: int, warmup=None) -> dict:
     }
 
 
+# torch ships its own libgomp and numba's OpenMP layer loads the system one: two thread pools
+# whose threads spin-wait after every parallel region. On 2 cores each then steals the other's
+# CPU (measured: the scan 2-3x slower, a 1k-frame encoder pass up to 10x). Passive waiting
+# avoids it; the benchmarks run every method with it unless --omp-wait-policy says otherwise.
+OMP_WAIT_POLICY = "PASSIVE"
+
+
 def run_worker(script: str, args: list[str], timeout: float, env: dict | None = None) -> dict:
     """Run ``script --worker args`` in a fresh interpreter; its last stdout line is JSON."""
     cmd = [sys.executable, script, "--worker", *args]
+    env = {**({"OMP_WAIT_POLICY": OMP_WAIT_POLICY} if OMP_WAIT_POLICY else {}), **(env or {})}
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     if p.returncode != 0:

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import fmt, machine, measure, print_table, run_worker, write_json  # noqa: E402
 
 METHODS = ("numba", "mambapy", "reference")
@@ -104,6 +105,8 @@ def main() -> None:
                    help="skip the sequential reference above this length (minutes and GBs)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per (method, length)")
     p.add_argument("--out", default="scan.json")
+    p.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
+                   help="OMP_WAIT_POLICY of the measuring processes ('default': leave it unset)")
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -111,6 +114,8 @@ def main() -> None:
         return
 
     info = machine()
+    info["omp_wait_policy"] = a.omp_wait_policy
+    _common.OMP_WAIT_POLICY = a.omp_wait_policy if a.omp_wait_policy != "default" else os.environ.get("OMP_WAIT_POLICY", "")
     print(f"# machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, numba {info['numba']}")
     common = ["--batch", str(a.batch), "--dim", str(a.dim), "--state", str(a.state)]
     results = []
