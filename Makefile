@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # DVC stages call `mambava`, `papermill`, `jupyter-book` by name: put the venv first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# torch and numba each load OpenMP; spinning idle threads slow everything on 2 cores (see cli.py).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: repro test test-slow test-all install lock bench clean-venv
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+
+# torch and numba each bring an OpenMP runtime; with the default (active) wait policy their idle
+# threads spin against each other and on a 2-core machine every stage runs 2-10x slower
+# (benchmarks/README.md). Must be set before either library is imported; a user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from mambava.config import ConfigError, load_config
 

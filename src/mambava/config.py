@@ -166,6 +166,7 @@ class MaeFinetuneConfig(Section):
 
     freeze_blocks: int = Field(4, ge=0)  # patch embedding + the first k blocks are frozen
     loss: Literal["mse", "ccc"] = "mse"
+    colour_augment: bool = True  # random channel order/gains/grey: shapes, not skin or background
     steps: int = Field(200, ge=0)
     batch_size: int = Field(48, ge=1)
     lr: float = Field(5e-4, gt=0)

@@ -137,7 +137,8 @@ def run(cfg) -> dict:
 
     index = load_index(cfg.data.index)
     dirs, frames, video_of, labels = split_frames(index, "train", labelled=True)
-    ds = FrameDataset(dirs, frames, video_of, spec.img_size, enc_cfg.mean, enc_cfg.std, labels=labels, hflip=True)
+    ds = FrameDataset(dirs, frames, video_of, spec.img_size, enc_cfg.mean, enc_cfg.std, labels=labels, hflip=True,
+                      colour_seed=cfg.seed if fc.colour_augment else None)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(ds, batch_size=fc.batch_size, num_workers=fc.num_workers, drop_last=True,
                         sampler=RandomSampler(ds, replacement=True, num_samples=max(1, fc.steps) * fc.batch_size, generator=gen),
@@ -159,6 +160,7 @@ def run(cfg) -> dict:
         **{k: round(v, 4) for k, v in scores.items()},
         "n_frames": int(len(vlabels)),
         "loss": fc.loss,
+        "colour_augment": fc.colour_augment,
         "freeze_blocks": fc.freeze_blocks,
         "depth": spec.depth,
         "frozen_params": int(n_frozen),

@@ -28,8 +28,15 @@ def frames_on_disk(video_dir: str | Path) -> np.ndarray:
     return np.asarray(affwild2.frames_on_disk(video_dir), dtype=np.int64)
 
 
-def load_image(path: str | Path, img_size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """One frame as a normalised (3, img_size, img_size) float tensor."""
+def load_image(path: str | Path, img_size: int, mean: Sequence[float], std: Sequence[float],
+               colour: np.random.Generator | None = None) -> torch.Tensor:
+    """One frame as a normalised (3, img_size, img_size) float tensor.
+
+    ``colour``, if given, draws a colour augmentation before normalisation: the channels in a
+    random order and with random gains (0.6-1.4), grey with probability 0.2. Skin, hair and
+    background colours identify a person; this makes the fine-tuned encoder rely on shapes
+    (mouth, brows, eyes) instead of memorising who is in the training videos.
+    """
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -38,7 +45,13 @@ def load_image(path: str | Path, img_size: int, mean: Sequence[float], std: Sequ
             arr = np.asarray(im, dtype=np.float32) / 255.0
     except OSError as exc:
         raise OSError(f"{path}: cannot read the frame image ({exc})") from exc
-    x = torch.from_numpy(arr).permute(2, 0, 1)
+    if colour is not None:
+        if colour.random() < 0.2:
+            arr = np.repeat(arr.mean(axis=2, keepdims=True), 3, axis=2)
+        else:
+            arr = arr[:, :, colour.permutation(3)] * colour.uniform(0.6, 1.4, 3).astype(np.float32)
+        arr = np.clip(arr, 0.0, 1.0)
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
     m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     s = torch.tensor(std, dtype=torch.float32)[:, None, None]
     return (x - m) / s
@@ -48,25 +61,31 @@ class FrameDataset(Dataset):
     """Frames given as (video_dir, frame_number) pairs; item i -> (image, i).
 
     ``labels`` (N, 2) float32, if given, is returned instead of the position. ``hflip`` flips
-    each image with probability 1/2 (augmentation for pretraining and fine-tuning).
+    each image with probability 1/2 (augmentation for pretraining and fine-tuning);
+    ``colour_seed``, if not None, turns on the colour augmentation of :func:`load_image`, drawn
+    from a stream seeded by (colour_seed, item, torch's per-item draw) so runs are repeatable.
     """
 
     def __init__(self, dirs: Sequence[str], frames: np.ndarray, video_of: np.ndarray, img_size: int,
                  mean: Sequence[float], std: Sequence[float], labels: np.ndarray | None = None,
-                 hflip: bool = False):
+                 hflip: bool = False, colour_seed: int | None = None):
         self.dirs = [str(d) for d in dirs]
         self.frames = np.asarray(frames, dtype=np.int64)
         self.video_of = np.asarray(video_of, dtype=np.int64)
         self.img_size, self.mean, self.std = img_size, tuple(mean), tuple(std)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
         self.hflip = hflip
+        self.colour_seed = colour_seed
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def __getitem__(self, i: int):
         path = frame_path(self.dirs[self.video_of[i]], int(self.frames[i]))
-        x = load_image(path, self.img_size, self.mean, self.std)
+        colour = None
+        if self.colour_seed is not None:
+            colour = np.random.default_rng([self.colour_seed, i, int(torch.randint(2**31, ()))])
+        x = load_image(path, self.img_size, self.mean, self.std, colour)
         if self.hflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         if self.labels is not None:
