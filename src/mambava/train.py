@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from mambava.data.windows import Video, Windows
+from mambava.io import write_text as atomic_write_text
 from mambava.metrics import ccc_loss, ccc_va
 
 log = logging.getLogger("mambava.train")
@@ -97,11 +98,6 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_rows(path: Path, columns: Sequence[str], rows: Sequence[Sequence[float]]) -> None:

@@ -201,11 +201,9 @@ def load_index(path: str | Path) -> pd.DataFrame:
 
 
 def write_index(index: pd.DataFrame, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    index.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    from mambava.io import write_csv
+
+    write_csv(index, path)
 
 
 # --------------------------------------------------------------------------- validation

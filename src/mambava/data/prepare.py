@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from mambava.config import Config
 from mambava.data.affwild2 import build_index, validate_layout, write_index
+from mambava.io import write_json
 
 log = logging.getLogger("mambava.data")
 
@@ -49,8 +48,5 @@ def prepare(cfg: Config) -> None:
         "frames_annotated": int(index.n_annotated.sum()),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    out = Path(d.index).with_name("summary.json")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json(Path(d.index).with_name("summary.json"), summary)
     log.info("index of %d videos written to %s: %s", len(index), d.index, summary)

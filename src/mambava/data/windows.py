@@ -29,7 +29,6 @@ size in frames, not only in videos). The result is a table ``video, split, group
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -192,11 +191,9 @@ def fold_videos(folds: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
 
 def write_folds(folds: pd.DataFrame, path: str | Path) -> None:
     """Write the folds table atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    folds.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    from mambava.io import write_csv
+
+    write_csv(folds, path)
 
 
 def read_folds(path: str | Path) -> pd.DataFrame:
@@ -223,15 +220,11 @@ def fold_summary(folds: pd.DataFrame) -> dict:
 
 def run_folds(cfg) -> pd.DataFrame:
     """The ``folds`` stage: folds of the index's videos to ``folds.file``, a summary beside it."""
-    import json
-
     from mambava.data.affwild2 import load_index
+    from mambava.io import write_json
 
     folds = make_folds(load_index(cfg.data.index), cfg.folds.n_splits, cfg.folds.seed)
     path = Path(cfg.folds.file)
     write_folds(folds, path)
-    summary = path.with_suffix(".json")
-    tmp = summary.with_name(summary.name + ".tmp")
-    tmp.write_text(json.dumps(fold_summary(folds), indent=2) + "\n")
-    os.replace(tmp, summary)
+    write_json(path.with_suffix(".json"), fold_summary(folds))
     return folds

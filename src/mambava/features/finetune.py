@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, RandomSampler
 from mambava.features.frames import FrameDataset, load_index, split_frames
 from mambava.features.mae import EncoderSpec, load_encoder, resolve_device, save_checkpoint
 from mambava.features.pretrain import checkpoint_file as pretrain_checkpoint
-from mambava.features.pretrain import lr_at, param_groups, write_json
+from mambava.features.pretrain import lr_at, param_groups
+from mambava.io import write_json
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ Writes to ``mae_pretrain.out``:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from mambava.features.frames import FrameDataset, load_index, split_frames
+from mambava.io import write_json
 from mambava.features.mae import (
     EncoderSpec,
     MaskedAutoencoder,
@@ -61,11 +61,6 @@ def param_groups(params, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def save_reconstructions(mae: MaskedAutoencoder, imgs: torch.Tensor, mask_ratio: float, mean, std,
