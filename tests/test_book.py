@@ -176,3 +176,16 @@ def test_full_book_from_fake_outputs(fake, tmp_path):
                   n_boot=20, **params.get(p, {}))
     html = _build(root)
     assert book.check_book(html, pages={p: book.PAGES[p] for p in pages}) == []
+
+
+def test_papermill_output_folders_exist_in_a_fresh_clone(repo):
+    """papermill does not create its output folder: every notebook stage's output folder must be
+    in git (a fresh clone has no ignored folders), or `make repro` fails at the first notebook."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+    tracked_dirs = {str(Path(f).parent) for f in tracked}
+    outs = [o if isinstance(o, str) else next(iter(o)) for name, st in stages.items()
+            if name.startswith("notebook_") for o in st.get("outs", [])]
+    assert outs
+    for out in outs:
+        assert str(Path(out).parent) in tracked_dirs, f"{Path(out).parent} is not in git"
