@@ -171,6 +171,7 @@ import sys, time, torch
 sys.path.insert(0, {tests!r})
 import test_train as t
 import mambava.train as tr
+torch.set_num_threads(1)  # the same thread count as the parent (reduction order = bits)
 orig = tr.write_rows
 def slow_write(*a, **k):  # slow the loop down so the parent can kill it mid-run
     orig(*a, **k); time.sleep(0.3)
@@ -179,7 +180,17 @@ t.train_once({out!r})
 """
 
 
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+@pytest.fixture
+def one_thread():
+    """Pin torch to one thread: an earlier test may have changed the count in this process, and
+    a different count changes the order of float reductions, so the bits of the result."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path, one_thread):
     ref = train_once(tmp_path / "ref")
     out = tmp_path / "run"
     script = KILL_SCRIPT.format(tests=str(REPO / "tests"), out=str(out))
