@@ -174,3 +174,30 @@ def test_bf16_on_cuda_is_close_to_fp32_on_cpu(tmp_path):
         a, _ = load_features(tmp_path / "cpu", video)
         b, _ = load_features(tmp_path / "gpu", video)
         np.testing.assert_allclose(b.astype(np.float32), a.astype(np.float32), atol=0.1, rtol=0.05)
+
+
+def test_uint8_loading_normalised_on_the_device_equals_the_float_formula(tmp_path):
+    """Extraction ships uint8 images and normalises where the batch lands; the result must be the
+    plain formula (pixel / 255 - mean) / std of the resized RGB image, written here with PIL and
+    numpy in float64."""
+    from PIL import Image
+
+    from mambava.features.frames import FrameDataset, load_image, normalise
+
+    index_path = make_layout(tmp_path / "data", {"a": {"split": "train", "n_frames": 6}})
+    row = load_index(index_path).iloc[0]
+    for size in (32, 56):  # 56: the crops are resized (bicubic), as 112 -> 224 for ViT-L/16
+        ds = FrameDataset([row.path], np.arange(1, 7), np.zeros(6, np.int64), size, FACE_MEAN, FACE_STD, raw=True)
+        img, _ = ds[3]
+        assert img.dtype == torch.uint8 and img.shape == (3, size, size)
+        with Image.open(Path(row.path) / "00004.jpg") as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BICUBIC)
+            want = (np.asarray(im, np.float64) / 255.0 - np.array(FACE_MEAN)) / np.array(FACE_STD)
+        want = want.transpose(2, 0, 1)
+        np.testing.assert_allclose(normalise(img, FACE_MEAN, FACE_STD).numpy(), want, rtol=0, atol=2e-6)
+        np.testing.assert_allclose(load_image(Path(row.path) / "00004.jpg", size, FACE_MEAN, FACE_STD).numpy(), want,
+                                   rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match="colour"):
+        FrameDataset([row.path], np.arange(1, 7), np.zeros(6, np.int64), 32, FACE_MEAN, FACE_STD, raw=True, colour_seed=1)

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mambava.features.frames import FrameDataset, frames_on_disk
+from mambava.features.frames import FrameDataset, frames_on_disk, normalise
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,8 @@ def extract_features(
     total = start
     ds = FrameDataset(
         dirs, np.concatenate(frames) if frames else np.zeros(0, np.int64),
-        np.concatenate(video_of) if video_of else np.zeros(0, np.int64), img_size, mean, std,
-    )
+        np.concatenate(video_of) if video_of else np.zeros(0, np.int64), img_size, mean, std, raw=True,
+    )  # uint8 images out of the workers; normalised on the device
     loader = DataLoader(
         ds, batch_sampler=_VideoChunks(bounds, batch_size), num_workers=num_workers,
         pin_memory=device.type == "cuda", persistent_workers=False,
@@ -259,7 +259,7 @@ def extract_features(
             k = int(ds.video_of[int(idx[0])])
             flush_empty_until(k)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = encoder(images.to(device, non_blocking=True))
+                out = encoder(normalise(images.to(device, non_blocking=True), mean, std))
             pending.setdefault(k, []).append(out.float().cpu().numpy())
             frames_done += len(idx)
             bar.update(len(idx))

@@ -28,6 +28,30 @@ def frames_on_disk(video_dir: str | Path) -> np.ndarray:
     return np.asarray(affwild2.frames_on_disk(video_dir), dtype=np.int64)
 
 
+def read_image(path: str | Path, img_size: int) -> np.ndarray:
+    """One frame as (img_size, img_size, 3) uint8 RGB, resized (bicubic) when its size differs."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (img_size, img_size):
+                im = im.resize((img_size, img_size), Image.BICUBIC)
+            return np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy needs one)
+    except OSError as exc:
+        raise OSError(f"{path}: cannot read the frame image ({exc})") from exc
+
+
+def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 images (..., 3, H, W) -> float32 ``(x / 255 - mean) / std``, on the images' device.
+
+    The feature extraction runs this on the GPU: the loader workers then ship uint8 images
+    (a quarter of the bytes of float32), which is what keeps ViT-L/16 fed at 224 px.
+    """
+    x = images.to(torch.float32).div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device)[:, None, None]
+    s = torch.tensor(std, dtype=torch.float32, device=x.device)[:, None, None]
+    return x.sub_(m).div_(s)
+
+
 def load_image(path: str | Path, img_size: int, mean: Sequence[float], std: Sequence[float],
                colour: np.random.Generator | None = None) -> torch.Tensor:
     """One frame as a normalised (3, img_size, img_size) float tensor.
@@ -37,20 +61,15 @@ def load_image(path: str | Path, img_size: int, mean: Sequence[float], std: Sequ
     background colours identify a person; this makes the fine-tuned encoder rely on shapes
     (mouth, brows, eyes) instead of memorising who is in the training videos.
     """
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (img_size, img_size):
-                im = im.resize((img_size, img_size), Image.BICUBIC)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except OSError as exc:
-        raise OSError(f"{path}: cannot read the frame image ({exc})") from exc
-    if colour is not None:
-        if colour.random() < 0.2:
-            arr = np.repeat(arr.mean(axis=2, keepdims=True), 3, axis=2)
-        else:
-            arr = arr[:, :, colour.permutation(3)] * colour.uniform(0.6, 1.4, 3).astype(np.float32)
-        arr = np.clip(arr, 0.0, 1.0)
+    arr = read_image(path, img_size)
+    if colour is None:
+        return normalise(torch.from_numpy(arr).permute(2, 0, 1), mean, std)
+    arr = arr.astype(np.float32) / 255.0
+    if colour.random() < 0.2:
+        arr = np.repeat(arr.mean(axis=2, keepdims=True), 3, axis=2)
+    else:
+        arr = arr[:, :, colour.permutation(3)] * colour.uniform(0.6, 1.4, 3).astype(np.float32)
+    arr = np.clip(arr, 0.0, 1.0)
     x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
     m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     s = torch.tensor(std, dtype=torch.float32)[:, None, None]
@@ -64,11 +83,15 @@ class FrameDataset(Dataset):
     each image with probability 1/2 (augmentation for pretraining and fine-tuning);
     ``colour_seed``, if not None, turns on the colour augmentation of :func:`load_image`, drawn
     from a stream seeded by (colour_seed, item, torch's per-item draw) so runs are repeatable.
+    ``raw`` returns the (3, img_size, img_size) uint8 image instead, to be normalised with
+    :func:`normalise` where the batch lands (no colour augmentation then).
     """
 
     def __init__(self, dirs: Sequence[str], frames: np.ndarray, video_of: np.ndarray, img_size: int,
                  mean: Sequence[float], std: Sequence[float], labels: np.ndarray | None = None,
-                 hflip: bool = False, colour_seed: int | None = None):
+                 hflip: bool = False, colour_seed: int | None = None, raw: bool = False):
+        if raw and colour_seed is not None:
+            raise ValueError("the colour augmentation needs float images: raw=True excludes colour_seed")
         self.dirs = [str(d) for d in dirs]
         self.frames = np.asarray(frames, dtype=np.int64)
         self.video_of = np.asarray(video_of, dtype=np.int64)
@@ -76,6 +99,7 @@ class FrameDataset(Dataset):
         self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
         self.hflip = hflip
         self.colour_seed = colour_seed
+        self.raw = raw
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -85,7 +109,10 @@ class FrameDataset(Dataset):
         colour = None
         if self.colour_seed is not None:
             colour = np.random.default_rng([self.colour_seed, i, int(torch.randint(2**31, ()))])
-        x = load_image(path, self.img_size, self.mean, self.std, colour)
+        if self.raw:
+            x = torch.from_numpy(read_image(path, self.img_size)).permute(2, 0, 1).contiguous()
+        else:
+            x = load_image(path, self.img_size, self.mean, self.std, colour)
         if self.hflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         if self.labels is not None:
