@@ -260,11 +260,13 @@ def extract_features(
             flush_empty_until(k)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = encoder(normalise(images.to(device, non_blocking=True), mean, std))
-            pending.setdefault(k, []).append(out.float().cpu().numpy())
+            # kept on the device until the video is complete: no host sync per batch, so the
+            # next batch is queued while the GPU still works on this one
+            pending.setdefault(k, []).append(out.float())
             frames_done += len(idx)
             bar.update(len(idx))
             if sum(len(a) for a in pending[k]) == len(todo[k][3]):
-                write(k, np.concatenate(pending.pop(k)))
+                write(k, torch.cat(pending.pop(k)).cpu().numpy())
                 next_k = k + 1
                 bar.set_postfix(videos=f"{written + skipped}/{len(index)}")
         flush_empty_until(len(todo))
