@@ -81,6 +81,87 @@ def test_windows_pad_features_and_mask_labels():
     assert Windows([Video("a", feats, labels)], w=10, s=8, last="drop").frames_used() == 18
 
 
+def slow_windows(videos, w, s, last):
+    """The plain reference: every window sliced out of its video and padded, one at a time."""
+    xs, ys = [], []
+    for v in videos:
+        n = len(v.labels)
+        for t in window_starts(n, w, s, last):
+            real = min(w, n - t)
+            x = np.zeros((w, *v.features.shape[1:]), dtype=np.float32)
+            y = np.full((w, 2), -5.0, dtype=np.float32)
+            x[:real] = np.asarray(v.features[t : t + real], dtype=np.float32)
+            y[:real] = v.labels[t : t + real]
+            xs.append(x)
+            ys.append(y)
+    return xs, ys
+
+
+def random_videos(lengths, dim=5, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, n in enumerate(lengths):
+        y = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)
+        y[rng.random(n) < 0.1] = -5.0
+        out.append(Video(f"v{i}", rng.normal(size=(n, dim)).astype(dtype), y))
+    return out
+
+
+# lengths: exact fits, partial tails, shorter than a window, a single frame, an empty video
+@pytest.mark.parametrize("lengths", [[23, 40, 10], [7, 1, 0, 35, 30, 12], [100]])
+@pytest.mark.parametrize("w, s", [(10, 8), (12, 12), (5, 2)])
+@pytest.mark.parametrize("last", ["pad", "drop", "shift"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_batch_equals_per_window_slicing(lengths, w, s, last, dtype):
+    videos = random_videos(lengths, dtype=dtype)
+    ds = Windows(videos, w, s, last)
+    xs, ys = slow_windows(videos, w, s, last)
+    assert len(ds) == len(xs)
+    assert ds.index == [(k, t) for k, v in enumerate(videos) for t in window_starts(len(v.labels), w, s, last)]
+    assert ds.frames_used() == sum(covered(len(v.labels), w, window_starts(len(v.labels), w, s, last)).sum()
+                                   for v in videos)
+    if not xs:
+        return
+    order = np.random.default_rng(1).permutation(len(ds))
+    for items in (order, order[:3], [0], [len(ds) - 1, 0, len(ds) - 1]):  # shuffled, short, repeated
+        x, y = ds.batch(items)
+        assert x.dtype == dtype and y.dtype == np.float32  # features stay in their dtype
+        assert x.shape == (len(items), w, 5) and y.shape == (len(items), w, 2)
+        np.testing.assert_array_equal(x.astype(np.float32), np.stack([xs[i] for i in items]))
+        np.testing.assert_array_equal(y, np.stack([ys[i] for i in items]))
+    for i in (0, len(ds) - 1):
+        x, y = ds[i]
+        np.testing.assert_array_equal(x.astype(np.float32), xs[i])
+        np.testing.assert_array_equal(y, ys[i])
+    x32, y32 = Windows(videos, w, s, last, dtype=np.float32).batch(order)  # cast once, at construction
+    assert x32.dtype == np.float32
+    np.testing.assert_array_equal(x32, np.stack([xs[i] for i in order]))
+    np.testing.assert_array_equal(y32, np.stack([ys[i] for i in order]))
+
+
+def test_windows_over_memory_mapped_float16(tmp_path):
+    videos = random_videos([50, 9, 31], dim=4, dtype=np.float16, seed=3)
+    mapped = []
+    for v in videos:
+        np.save(tmp_path / f"{v.name}.npy", v.features)
+        mapped.append(Video(v.name, np.load(tmp_path / f"{v.name}.npy", mmap_mode="r"), v.labels))
+    ds = Windows(mapped, 16, 10, "pad")
+    xs, ys = slow_windows(videos, 16, 10, "pad")
+    x, y = ds.batch(np.arange(len(ds)))
+    assert x.dtype == np.float16 and x.flags.writeable and x.flags.c_contiguous
+    np.testing.assert_array_equal(x.astype(np.float32), np.stack(xs))
+    np.testing.assert_array_equal(y, np.stack(ys))
+    x32, _ = Windows(mapped, 16, 10, "pad", dtype=np.float32).batch(np.arange(len(ds)))
+    np.testing.assert_array_equal(x32, np.stack(xs))
+
+
+def test_windows_reject_mixed_feature_sizes():
+    a, b = random_videos([20], dim=4)[0], random_videos([20], dim=5)[0]
+    with pytest.raises(ValueError, match="v0"):
+        Windows([a, Video("other", b.features, b.labels)], 10, 5)
+    assert len(Windows([], 10, 5)) == 0
+
+
 def test_video_checks_lengths():
     with pytest.raises(ValueError, match="vid"):
         Video("vid", np.zeros((5, 2)), np.zeros((4, 2)))

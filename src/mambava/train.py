@@ -239,7 +239,8 @@ def fit(
         epoch, k = divmod(step, spe)
         order = epoch_order(tc.seed, epoch, len(train_set))
         x, y = train_set.batch(order[k * tc.batch_size : (k + 1) * tc.batch_size])
-        x = torch.from_numpy(x).to(device, non_blocking=True)
+        # features move in their stored dtype (float16 from the feature files) and are cast there
+        x = torch.from_numpy(x).to(device, non_blocking=True).float()
         y = torch.from_numpy(y).to(device, non_blocking=True)
         pred = model(x)
         loss = ccc_loss(pred.float(), y)

@@ -80,7 +80,7 @@ def pad_to(x: np.ndarray, length: int, value: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Video:
-    """One video in memory: features (n, dim) float32 and labels (n, 2) float32 with -5."""
+    """One video: features (n, dim) (float16 memory-mapped, or float32) and labels (n, 2) float32 with -5."""
 
     name: str
     features: np.ndarray
@@ -93,43 +93,94 @@ class Video:
             )
 
 
+def _copy_rows(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src``, with a float16 -> float32 cast done by torch (numpy's is ~10x slower)."""
+    src = np.asarray(src)
+    if not (src.dtype == np.float16 and dst.dtype == np.float32):
+        dst[...] = src
+        return
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # torch warns about read-only (memory-mapped) arrays; src is only read
+        warnings.simplefilter("ignore", UserWarning)
+        torch.from_numpy(dst).copy_(torch.from_numpy(src))
+
+
 class Windows:
     """Fixed-length windows over a list of videos, as a map-style dataset.
 
-    Item ``i`` is ``(x, y)``: x (w, dim) float32, y (w, 2) float32, padding labelled -5 so that
-    the CCC loss ignores it. ``index`` lists (video number, start) of every window in order.
+    Item ``i`` is ``(x, y)``: x (w, dim) features in :attr:`dtype`, y (w, 2) float32 labels;
+    padding has zero features and -5 labels, so that the CCC loss ignores it. ``index`` lists
+    (video number, start) of every window in order. ``dtype`` defaults to the videos' own
+    (float16 for the feature files; the training loop casts a batch to float32 on its device).
+
+    At construction the features and labels of all videos are copied once into one contiguous
+    array each, :attr:`features` (frames + 1, dim) and :attr:`labels` (frames + 1, 2): video
+    ``k`` in rows ``offsets[k] .. offsets[k + 1] - 1``, then one padding row (zeros, -5).
+    Window ``i`` is rows ``row0[i] .. row0[i] + n_real[i] - 1`` followed by ``w - n_real[i]``
+    times the padding row, so :meth:`batch` gathers a whole batch with one ``take`` of its
+    ``b * w`` rows for the features and one for the labels, without per-window Python work.
+    Memory: one in-RAM copy of the videos' frames (frames x dim x 2 bytes in float16), also
+    when their features are memory-mapped.
     """
 
-    def __init__(self, videos: Sequence[Video], w: int, s: int, last: LastWindow = "pad"):
+    def __init__(self, videos: Sequence[Video], w: int, s: int, last: LastWindow = "pad", dtype=None):
         self.videos = list(videos)
         self.w, self.s, self.last = w, s, last
         self.index = [(k, t) for k, v in enumerate(self.videos) for t in window_starts(len(v.labels), w, s, last)]
+        if dtype is None:
+            dtype = np.result_type(*(v.features.dtype for v in self.videos)) if self.videos else np.float32
+        self.dtype = np.dtype(dtype)
+        shape = self.videos[0].features.shape[1:] if self.videos else (0,)
+        for v in self.videos:
+            if v.features.shape[1:] != shape:
+                raise ValueError(f"{v.name}: features of shape {v.features.shape[1:]}, "
+                                 f"but {self.videos[0].name} has {shape}")
+        lengths = np.array([len(v.labels) for v in self.videos], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.pad_row = int(self.offsets[-1])
+        self.features = np.empty((self.pad_row + 1, *shape), dtype=self.dtype)
+        self.labels = np.empty((self.pad_row + 1, 2), dtype=np.float32)
+        for v, a, b in zip(self.videos, self.offsets[:-1], self.offsets[1:]):
+            _copy_rows(self.features[a:b], v.features)
+            self.labels[a:b] = v.labels
+        self.features[self.pad_row] = 0.0
+        self.labels[self.pad_row] = UNLABELLED
+        k = np.array([k for k, _ in self.index], dtype=np.int64)
+        t = np.array([t for _, t in self.index], dtype=np.int64)
+        self.row0 = self.offsets[k] + t  # row of every window's first frame
+        self.n_real = np.minimum(w, lengths[k] - t)  # and its number of real (unpadded) frames
+        self._steps = np.arange(w, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        k, t = self.index[i]
-        v = self.videos[k]
-        x = pad_to(np.asarray(v.features[t : t + self.w], dtype=np.float32), self.w, 0.0)
-        y = pad_to(np.asarray(v.labels[t : t + self.w], dtype=np.float32), self.w, UNLABELLED)
+    def rows(self, items: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(b, w): the rows of :attr:`features` and :attr:`labels` that make the windows ``items``."""
+        items = np.asarray(items, dtype=np.int64)
+        rows = self.row0[items, None] + self._steps
+        return np.where(self._steps < self.n_real[items, None], rows, self.pad_row)
+
+    def batch(self, items: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The windows ``items`` as (b, w, dim) features in :attr:`dtype` and (b, w, 2) float32 labels."""
+        rows = self.rows(items)
+        flat = rows.reshape(-1)
+        x = self.features.take(flat, axis=0).reshape(*rows.shape, *self.features.shape[1:])
+        y = self.labels.take(flat, axis=0).reshape(*rows.shape, 2)
         return x, y
 
-    def batch(self, items: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Stack the windows ``items`` into (b, w, dim) and (b, w, 2)."""
-        xs, ys = zip(*(self[i] for i in items))
-        return np.stack(xs), np.stack(ys)
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self.batch([i])
+        return x[0], y[0]
 
     def frames_used(self) -> int:
         """Real (unpadded) frame positions covered by at least one window, over all videos."""
-        total = 0
-        for k, v in enumerate(self.videos):
-            seen = np.zeros(len(v.labels), dtype=bool)
-            for kk, t in self.index:
-                if kk == k:
-                    seen[t : t + self.w] = True
-            total += int(seen.sum())
-        return total
+        depth = np.zeros(self.pad_row + 1, dtype=np.int64)  # windows over each row, as differences
+        np.add.at(depth, self.row0, 1)
+        np.add.at(depth, self.row0 + self.n_real, -1)
+        return int((np.cumsum(depth) > 0).sum())
 
 
 # --------------------------------------------------------------------------- folds
