@@ -91,6 +91,29 @@ def test_step_continues_a_parallel_prefix():
             torch.testing.assert_close(torch.stack(rest, 1), full[:, split:], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_long_inference_in_chunks_equals_one_pass(backend):
+    """Without autograd, a sequence longer than ``chunk_frames`` runs in pieces carrying the
+    conv and scan state: the output and the final state are those of one pass."""
+    torch.manual_seed(4)
+    m = Mamba(16, d_state=4, d_conv=4, expand=2, scan_backend=backend)
+    x = torch.randn(2, 50, 16)
+    with torch.no_grad():
+        m.chunk_frames = 1000
+        full, (conv_full, ssm_full) = m(x, return_state=True)
+        for chunk in (7, 2, 1):  # pieces shorter than d_conv too
+            m.chunk_frames = chunk
+            out, (conv, ssm) = m(x, return_state=True)
+            torch.testing.assert_close(out, full, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(conv, conv_full, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(ssm, ssm_full, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(m(x), full, rtol=1e-5, atol=1e-6)
+    # With autograd the pass is whole (the pieces are for inference only) and still the same.
+    out = m(x)
+    assert out.grad_fn is not None
+    torch.testing.assert_close(out.detach(), full, rtol=1e-5, atol=1e-6)
+
+
 def test_mamba_gradients_agree_between_backends():
     torch.manual_seed(3)
     m = Mamba(16, d_state=4, d_conv=4, expand=2)

@@ -175,6 +175,8 @@ def test_shape_errors():
         selective_scan_fn(x["u"], x["delta"], x["A"], x["B"][:, :2], x["C"])
     with pytest.raises(ValueError, match="A must be"):
         selective_scan_fn(x["u"], x["delta"], x["A"][:2], x["B"], x["C"])
+    with pytest.raises(ValueError, match="initial_state must be"):
+        selective_scan_fn(x["u"], x["delta"], x["A"], x["B"], x["C"], initial_state=torch.zeros(2, 4, 2))
 
 
 @pytest.mark.gpu
@@ -204,3 +206,88 @@ def test_small_steps_keep_accurate_softplus_gradients():
     for k in ("delta", "delta_bias"):
         scale = grads_r[k].abs().max()
         torch.testing.assert_close(grads[k].double() / scale, grads_r[k] / scale, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_initial_state_matches_reference_with_gradients():
+    """A scan that starts from a given state (to run a long sequence in pieces): outputs and the
+    gradients of every input, the initial state included, against the float64 oracle."""
+    x = make_inputs(3, 20, 37, 8, seed=21)
+    h0 = torch.randn(3, 20, 8, generator=torch.Generator().manual_seed(22))
+    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+    g = torch.randn(3, 20, 37, generator=torch.Generator().manual_seed(23))
+    results = []
+    for fn, dtype in ((selective_scan_numba, torch.float32), (selective_scan_ref, torch.float64)):
+        leaves = [x[k].to(dtype).requires_grad_() for k in names] + [h0.to(dtype).requires_grad_()]
+        out, last = fn(*leaves[:8], delta_softplus=True, return_last_state=True, initial_state=leaves[8])
+        grads = torch.autograd.grad(out, leaves, g.to(dtype))
+        results.append((out, last, grads))
+    (out, last, grads), (out_r, last_r, grads_r) = results
+    torch.testing.assert_close(out.double(), out_r, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(last.double(), last_r, rtol=RTOL, atol=ATOL)
+    for k, a, b in zip(names + ["initial_state"], grads, grads_r):
+        torch.testing.assert_close(a.double(), b, rtol=RTOL, atol=ATOL, msg=k)
+
+
+def test_scan_in_pieces_equals_one_scan():
+    x = make_inputs(2, 24, 100, 4, seed=24)
+    args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    whole, last = selective_scan_numba(*args, delta_softplus=True, return_last_state=True)
+    state, outs = None, []
+    for s in (slice(0, 33), slice(33, 34), slice(34, 100)):
+        piece = [a[..., s] if a.dim() == 3 else a for a in args]
+        out, state = selective_scan_numba(*piece, delta_softplus=True, return_last_state=True, initial_state=state)
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, dim=2), whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(state, last, rtol=1e-6, atol=1e-6)
+
+
+def test_channel_last_inputs_as_in_the_mamba_block():
+    """The Mamba block's tensors are (b, l, d) memory seen as (b, d, l): u and z halves of one
+    projection, delta, B and C transposed views. The kernel reads them in place and writes the
+    output and the gradients channel-last too."""
+    b, d, l, n = 2, 24, 45, 8
+    g = torch.Generator().manual_seed(25)
+    xz = torch.randn(b, l, 2 * d, generator=g)
+    bc = torch.randn(b, l, 3 + 2 * n, generator=g)
+    ref = make_inputs(b, d, l, n, seed=26)
+    inputs = dict(ref, u=xz[..., :d].transpose(1, 2), z=xz[..., d:].transpose(1, 2),
+                  delta=(0.5 * torch.rand(b, l, d, generator=g)).transpose(1, 2),
+                  B=bc[..., 3:3 + n].transpose(1, 2), C=bc[..., 3 + n:].transpose(1, 2))
+    assert inputs["u"].stride(1) == 1 and not inputs["u"].is_contiguous()
+    use = {"D": True, "z": True, "delta_bias": True}
+    out, _, grads, go = run(selective_scan_numba, inputs, use, True, False)
+    out_r, _, grads_r, _ = run(selective_scan_ref, inputs, use, True, False, go, torch.float64)
+    torch.testing.assert_close(out.double(), out_r, rtol=RTOL, atol=ATOL)
+    for k in grads_r:
+        torch.testing.assert_close(grads[k].double(), grads_r[k], rtol=RTOL, atol=ATOL, msg=k)
+    assert out.stride(1) == 1 and grads["u"].stride(1) == grads["delta"].stride(1) == 1, "channel-last in and out"
+    leaves = {k: v.detach().requires_grad_() for k, v in inputs.items()}
+    out = selective_scan_numba(**leaves, delta_softplus=True)
+    out.backward(torch.ones(()).expand(out.shape))  # an expanded (stride 0) gradient
+    ref_leaves = {k: v.detach().double().requires_grad_() for k, v in inputs.items()}
+    selective_scan_ref(**ref_leaves, delta_softplus=True).sum().backward()
+    for k in leaves:
+        torch.testing.assert_close(leaves[k].grad.double(), ref_leaves[k].grad, rtol=RTOL, atol=ATOL, msg=k)
+
+
+def test_threads_give_identical_results():
+    """Work items are (batch element, channel block) and never share an output: the result does
+    not depend on the number of threads."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 threads")
+    use = {"D": True, "z": True, "delta_bias": True}
+    inputs = make_inputs(3, 40, 50, 8, seed=27)
+    before = numba.get_num_threads()
+    try:
+        res = []
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            res.append(run(selective_scan_numba, inputs, use, True, True))
+    finally:
+        numba.set_num_threads(before)
+    (out1, last1, grads1, _), (out2, last2, grads2, _) = res
+    assert torch.equal(out1, out2) and torch.equal(last1, last2)
+    for k in grads1:
+        assert torch.equal(grads1[k], grads2[k]), k

@@ -11,6 +11,12 @@ Two ways to run it, with the same result:
 - ``forward(x)``: the whole sequence (batch, length, d_model) in parallel, linear in length;
 - ``step(x_t, state)``: one frame at a time, carrying ``(conv_state, ssm_state)``; for streaming.
   ``forward(x, return_state=True)`` hands over the state after a prefix.
+
+Inference over a long sequence (no autograd, more than ``chunk_frames`` frames, any backend but
+mamba-ssm's, whose scan takes no initial state) runs ``forward`` in pieces of ``chunk_frames``
+frames carrying that state: the same computation (bitwise the same output in our tests of the
+paper's encoder), but the block's intermediate tensors stay a few MB instead of 100-200 MB at
+100k frames, so they stay in cache and the block's time per frame does not grow with the length.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mambava.models.ssm import selective_scan_fn
+from mambava.models.ssm import resolve_backend, selective_scan_fn
 
 MambaState = tuple[torch.Tensor, torch.Tensor]  # conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state)
 
@@ -91,13 +97,35 @@ class Mamba(nn.Module):
         self.D._no_weight_decay = True
 
     # ------------------------------------------------------------------ parallel
+    # Frames per piece when inference over a long sequence runs in pieces (see the module doc).
+    chunk_frames: int = 2048
+
     def forward(self, x: torch.Tensor, return_state: bool = False):
         """x: (batch, length, d_model) -> (batch, length, d_model) [, (conv_state, ssm_state)]."""
+        length = x.shape[1]
+        if (length <= self.chunk_frames or torch.is_grad_enabled()
+                or resolve_backend(self.scan_backend, x.device) == "cuda"):  # mamba-ssm: no initial state
+            return self._forward(x, None, return_state)
+        out, state = None, None
+        for start in range(0, length, self.chunk_frames):
+            y, state = self._forward(x[:, start:start + self.chunk_frames], state, True)
+            if out is None:
+                out = y.new_empty(y.shape[0], length, y.shape[2])
+            out[:, start:start + y.shape[1]] = y
+        return (out, state) if return_state else out
+
+    def _forward(self, x: torch.Tensor, state: MambaState | None, return_state: bool):
+        """The parallel pass over x, continuing from ``state`` (None: from the start)."""
         batch, length, _ = x.shape
         xz = self.in_proj(x).transpose(1, 2)  # (b, 2 d_inner, l)
         xs, z = xz.chunk(2, dim=1)
-        conv_state = F.pad(xs, (self.d_conv - length, 0)) if return_state else None  # last d_conv inputs
-        xs = F.silu(self.conv1d(xs)[..., :length])
+        if state is None:
+            conv_state = F.pad(xs, (self.d_conv - length, 0)) if return_state else None  # last d_conv inputs
+            xs = F.silu(self.conv1d(xs)[..., :length])
+        else:  # the causal conv continues over the last d_conv - 1 inputs of the state
+            xs = torch.cat([state[0][:, :, 1:].to(xs.dtype), xs], dim=2)
+            conv_state = xs[:, :, -self.d_conv:] if return_state else None
+            xs = F.silu(F.conv1d(xs, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
         x_dbl = self.x_proj(xs.transpose(1, 2))  # (b, l, dt_rank + 2 n)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (b, d_inner, l); bias goes to the scan
@@ -106,6 +134,7 @@ class Mamba(nn.Module):
             xs, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
             delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
             return_last_state=return_state, backend=self.scan_backend,
+            initial_state=None if state is None else state[1],
         )
         y, ssm_state = res if return_state else (res, None)
         out = self.out_proj(y.transpose(1, 2))
