@@ -114,6 +114,30 @@ def test_long_inference_in_chunks_equals_one_pass(backend):
     torch.testing.assert_close(out.detach(), full, rtol=1e-5, atol=1e-6)
 
 
+def test_whole_model_long_inference_in_pieces_equals_one_pass():
+    """The Mamba stack runs a long video piece by piece, every layer carrying its state; the
+    predictions must be those of one pass with autograd on (which never runs in pieces)."""
+    from mambava.config import ModelConfig
+    from mambava.models.mamba_va import MambaVA
+
+    torch.manual_seed(5)
+    cfg = ModelConfig(input_dim=12, tcn_channels=[8, 8], tcn_kernel=3, d_model=8, n_layers=3, head_hidden=8,
+                      dropout=0.0)
+    model = MambaVA(cfg).eval()
+    for layer in model.temporal.layers:
+        layer.mixer.chunk_frames = 16
+    x = torch.randn(2, 101, 12)
+    with torch.enable_grad():
+        whole = model(x).detach()
+    calls = []
+    hook = model.temporal.layers[1].mixer.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        pieces = model(x)
+    hook.remove()
+    torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-6)
+    assert not calls  # the stack called forward_from per piece, not the block's forward
+
+
 def test_mamba_gradients_agree_between_backends():
     torch.manual_seed(3)
     m = Mamba(16, d_state=4, d_conv=4, expand=2)

@@ -103,8 +103,7 @@ class Mamba(nn.Module):
     def forward(self, x: torch.Tensor, return_state: bool = False):
         """x: (batch, length, d_model) -> (batch, length, d_model) [, (conv_state, ssm_state)]."""
         length = x.shape[1]
-        if (length <= self.chunk_frames or torch.is_grad_enabled()
-                or resolve_backend(self.scan_backend, x.device) == "cuda"):  # mamba-ssm: no initial state
+        if not self.uses_pieces(x):
             return self._forward(x, None, return_state)
         out, state = None, None
         for start in range(0, length, self.chunk_frames):
@@ -113,6 +112,16 @@ class Mamba(nn.Module):
                 out = y.new_empty(y.shape[0], length, y.shape[2])
             out[:, start:start + y.shape[1]] = y
         return (out, state) if return_state else out
+
+    def uses_pieces(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward` runs ``x`` in pieces (module doc)."""
+        return (x.shape[1] > self.chunk_frames and not torch.is_grad_enabled()
+                and resolve_backend(self.scan_backend, x.device) != "cuda")  # mamba-ssm: no initial state
+
+    def forward_from(self, x: torch.Tensor, state: MambaState | None) -> tuple[torch.Tensor, MambaState]:
+        """One parallel pass over ``x`` continuing from ``state`` (None: the start of the sequence);
+        returns the output and the state after ``x``. Not for mamba-ssm's backend."""
+        return self._forward(x, state, True)
 
     def _forward(self, x: torch.Tensor, state: MambaState | None, return_state: bool):
         """The parallel pass over x, continuing from ``state`` (None: from the start)."""

@@ -67,9 +67,25 @@ class MambaStack(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        if not self.layers or not self.layers[0].mixer.uses_pieces(x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+        # Inference over a long video: the whole stack runs piece by piece, each layer carrying its
+        # (conv, scan) state, so no (B, L, d) tensor of a layer outlives its piece and the time
+        # per frame does not grow with the length (the layers' norms and residuals are per frame).
+        chunk = self.layers[0].mixer.chunk_frames
+        states = [None] * len(self.layers)
+        out = None
+        for start in range(0, x.shape[1], chunk):
+            h = x[:, start:start + chunk]
+            for i, layer in enumerate(self.layers):
+                y, states[i] = layer.mixer.forward_from(h, states[i])
+                h = layer.norm(h + y)
+            if out is None:
+                out = h.new_empty(h.shape[0], x.shape[1], h.shape[2])
+            out[:, start:start + h.shape[1]] = h
+        return out
 
 
 class MambaVA(nn.Module):
