@@ -105,18 +105,10 @@ def scan_method(name: str):
     if name in ("mamba_ssm", "reference", "numba"):
         backend = {"mamba_ssm": "cuda"}.get(name, name)
         return lambda x: ssm.selective_scan_fn(**x, delta_softplus=True, backend=backend)
-    from mambapy.pscan import pscan
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_scan import scan_call  # the same mambapy wrapper as the CPU benchmark; device-agnostic
 
-    def mambapy_scan(x):
-        delta = F.softplus(x["delta"] + x["delta_bias"][:, None]).transpose(1, 2)
-        u = x["u"].transpose(1, 2)
-        dA = torch.exp(delta.unsqueeze(-1) * x["A"])  # (B, L, D, N)
-        BX = delta.unsqueeze(-1) * x["B"].transpose(1, 2).unsqueeze(2) * u.unsqueeze(-1)
-        hs = pscan(dA, BX)
-        y = (hs @ x["C"].transpose(1, 2).unsqueeze(-1)).squeeze(3) + x["D"] * u
-        return (y * F.silu(x["z"].transpose(1, 2))).transpose(1, 2)
-
-    return mambapy_scan
+    return scan_call("mambapy")
 
 
 def section_scan(a) -> list[dict]:
