@@ -48,6 +48,21 @@ def cmd_data_validate(args) -> int:
     return 0
 
 
+def cmd_data_crop(args) -> int:
+    from mambava.video.crop import run
+
+    cfg = _cfg(args).crop
+    summaries, errors = run(args.videos, args.out, cfg, n_faces=args.faces,
+                            workers=args.workers or cfg.workers, progress=not args.no_progress)
+    for s in summaries:
+        for f in s["faces"]:
+            print(f"{f['video']}: {f['frames']} frames, face in {f['frames_with_face']} "
+                  f"(detected {f['frames_detected']}, tracked {f['frames_tracked']}), {f['frames_per_second']} frames/s")
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
 # --------------------------------------------------------------------------- model
 def cmd_model_summary(args) -> int:
     from mambava.models.summary import print_summary
@@ -172,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="folder holding cropped_aligned/ and annotations/")
     p.add_argument("--test-list", default=None, help="optional test video list to check against the frames")
     p.set_defaults(func=cmd_data_validate)
+    p = data.add_parser("crop", help="raw videos -> aligned face crops in the official layout (ROOT/cropped_aligned/)")
+    p.add_argument("--videos", required=True, help="a folder of videos (mp4, avi, mov, mkv) or one video file")
+    p.add_argument("--out", required=True, help="ROOT: crops go to ROOT/cropped_aligned/<video>/, logs to ROOT/crop_log/")
+    p.add_argument("--faces", type=int, default=1, choices=(1, 2), help="2: <video>_left and <video>_right")
+    p.add_argument("--workers", type=int, default=None, help="videos in parallel (default: crop.workers, else all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_crop)
 
     model = sub.add_parser("model", help="the temporal model").add_subparsers(dest="model_cmd", required=True)
     p = model.add_parser("summary", help="print the layer table and parameter count of a profile's model")
@@ -223,11 +245,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from mambava.errors import UserError
+
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except UserError as exc:  # bad input the user can fix: one line naming the file
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
