@@ -129,6 +129,43 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", required=True, type=int, help="0 = official split, 1..5 = cross-validation folds")
 
 
+# --------------------------------------------------------------------------- own videos
+def _predictor(args):
+    if args.model:
+        from mambava.export import load_bundle
+        from mambava.inference import resolve_device
+
+        return load_bundle(args.model, resolve_device(_cfg(args).device if Path(args.params).exists() else "auto"))
+    if args.variant is None or args.fold is None:
+        raise SystemExit("error: give --model DIR (a bundle) or --variant and --fold (a run of this pipeline)")
+    from mambava.predict import from_run
+
+    return from_run(_cfg(args), args.variant, args.fold)
+
+
+def cmd_predict(args) -> int:
+    from mambava import predict
+
+    pred = _predictor(args)
+    if args.stream:
+        for src in args.inputs:
+            path = predict.run_stream(pred, src, args.out, n_faces=args.faces, overlay=args.overlay, echo=not args.quiet)
+            print(path)
+        return 0
+    for path in predict.run(pred, args.inputs, args.out, n_faces=args.faces, overlay=args.overlay,
+                            progress=not args.no_progress):
+        print(path)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from mambava.export import export
+
+    out = export(_cfg(args), args.variant, args.fold, args.out)
+    print(f"{out}: bundle written ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return 0
+
+
 # --------------------------------------------------------------------------- book
 def cmd_book_strip(args) -> int:
     from mambava.book import strip_notebook
@@ -215,6 +252,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="DVC stage `evaluate`: predictions, CCCs, test submission of one run")
     _run_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="valence and arousal of your own videos (or cropped folders): CSV, PNG [, MP4]")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO",
+                   help="video files, cropped folders (00001.jpg ...), or with --stream a camera (/dev/video0, camera:0)")
+    p.add_argument("--model", default=None, help="a bundle folder written by `mambava export`")
+    p.add_argument("--variant", default=None, help="or a run of this pipeline: its variant ...")
+    p.add_argument("--fold", type=int, default=None, help="... and fold")
+    p.add_argument("--out", default="predictions", help="folder for <video>.csv, .png, .mp4 and crops/ (default: predictions)")
+    p.add_argument("--faces", type=int, default=1, choices=(1, 2), help="2: the left and right person of each frame")
+    p.add_argument("--overlay", action="store_true", help="also <video>.mp4 with the face box and the values drawn")
+    p.add_argument("--stream", action="store_true", help="one frame at a time (latency one frame); a file or a camera")
+    p.add_argument("--quiet", action="store_true", help="with --stream: do not print each frame's values")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a shareable bundle of a run: safetensors weights, settings, metrics, model card")
+    _run_args(p)
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plots", help="DVC stage `plots`: static PNGs of the training logs, results.csv")
     p.add_argument("--out", default="outputs/plots", help="folder for the images and results.csv")
