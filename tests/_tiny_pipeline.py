@@ -24,7 +24,7 @@ def build(root: Path, variant: str = "mamba_va", train: bool = True):
         "data": {"root": str(root / "twin" / "affwild2"), "test_labels": str(root / "twin" / "test_labels"),
                  "index": str(root / "index.csv"),
                  "synthetic": {"n_videos": 5, "n_pairs": 0, "min_frames": 40, "max_frames": 70, "image_size": 48,
-                               "missing_rate": 0.05, "missing_runs_per_1k": 10.0, "workers": 1}},
+                               "missing_rate": 0.05, "missing_runs_per_1k": 2.0, "workers": 1}},
         "model": {"input_dim": 24, "tcn_channels": [8, 8], "tcn_kernel": 3, "d_model": 8, "n_layers": 2,
                   "d_state": 4, "head_hidden": 8, "dropout": 0.1},
         "mae_pretrain": {"encoder": enc, "out": str(root / "pretrain")},
