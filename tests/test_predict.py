@@ -256,3 +256,18 @@ def test_bad_bundles(project, tmp_path, capsys):
     [line] = _errors(capsys)
     assert line.startswith(f"error: {tmp_path / 'bundle.json'}: not found")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_streaming_equals_the_whole_pass_paper_size(repo):
+    """The paper's model (67M parameters, TCN 1024-768-512-256 kernel 15, 4 Mamba layers)."""
+    from mambava.config import load_config
+    from mambava.models import variant_config
+
+    torch.manual_seed(0)
+    model = MambaVA(variant_config(load_config(repo / "params.yaml", profile="paper").model, "mamba_va")).eval()
+    feats = np.random.default_rng(3).normal(size=(500, 1024)).astype(np.float16)
+    whole = predict_video(model, feats, torch.device("cpu"), "whole")
+    net = StreamingVA(model)
+    streamed = np.stack([net.step(torch.from_numpy(f.astype(np.float32))).numpy() for f in feats])
+    assert np.abs(streamed - whole).max() <= 1e-5

@@ -378,6 +378,15 @@ class StreamingVA:
         m = self.model
         p = next(m.parameters())
         self.bufs = []
+        # Each causal convolution gives one output per frame: a matrix-vector product of its
+        # weight (out, in * kernel), computed once (the weight-norm parametrisation would
+        # recompute g v/|v| on every call), with the buffer's taps (every dilation-th input).
+        self.weights = []
+        with torch.no_grad():
+            for lvl in (m.tcn.levels if m.tcn is not None else []):
+                flat = [c.weight.detach().reshape(c.out_channels, -1).contiguous() for c in (lvl.conv1, lvl.conv2)]
+                ds = None if lvl.downsample is None else lvl.downsample.weight.detach()[:, :, 0].contiguous()
+                self.weights.append((flat[0], flat[1], ds))
         if m.tcn is not None:
             for lvl in m.tcn.levels:
                 n_in = lvl.conv1.in_channels
@@ -397,12 +406,13 @@ class StreamingVA:
         m = self.model
         h = x.reshape(1, -1).to(m.proj.weight.dtype)
         if m.tcn is not None:
-            for lvl, bufs in zip(m.tcn.levels, self.bufs):
+            for lvl, bufs, (w1, w2, ds) in zip(m.tcn.levels, self.bufs, self.weights):
+                d = lvl.conv1.dilation[0]
                 bufs[0] = self._push(bufs[0], h)
-                o = lvl.act1(lvl.conv1(bufs[0]))[:, :, -1]
+                o = lvl.act1(F.linear(bufs[0][:, :, ::d].reshape(1, -1), w1, lvl.conv1.bias))
                 bufs[1] = self._push(bufs[1], o)
-                o = lvl.act2(lvl.conv2(bufs[1]))[:, :, -1]
-                res = h if lvl.downsample is None else lvl.downsample(h[:, :, None])[:, :, 0]
+                o = lvl.act2(F.linear(bufs[1][:, :, ::d].reshape(1, -1), w2, lvl.conv2.bias))
+                res = h if ds is None else F.linear(h, ds, lvl.downsample.bias)
                 h = lvl.act(o + res)
         h = m.norm_in(m.proj_in(h))
         for i, layer in enumerate(getattr(m.temporal, "layers", [])):
