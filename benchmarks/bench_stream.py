@@ -1,7 +1,7 @@
 """Streaming prediction on CPU: frames per second and real-time factor, default and paper models.
 
     python benchmarks/bench_stream.py                 # both profiles, 1 and 2 threads
-    python benchmarks/bench_stream.py --profiles default --threads 1 --frames 60
+    python benchmarks/bench_stream.py --profiles paper --frames 12   # rerun some; the others are kept
 
 What ``mambava predict --stream`` does per frame, on a rendered twin clip (480x360, 30 fps, one
 face; tests/_twin_video.py): decode (PyAV) -> detect, track, align and crop (OpenCV) -> JPEG
@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import machine, print_table, run_worker, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +108,12 @@ def main() -> None:
         print(json.dumps(worker(a.worker[0], int(a.worker[1]), int(a.worker[2]))))
         return
     env = machine()
+    # keep the results of (profile, threads) pairs not rerun now, from the previous file
+    old = _common.RESULTS / "stream.json"
+    kept = []
+    if old.exists():
+        prev = json.loads(old.read_text())
+        kept = [r for r in prev.get("results", []) if not (r.get("profile") in a.profiles and r.get("threads") in a.threads)]
     results = []
     for profile in a.profiles:
         for n in a.threads:
@@ -113,15 +121,18 @@ def main() -> None:
                            env={"OMP_NUM_THREADS": str(n), "NUMBA_NUM_THREADS": str(n)})
             r.setdefault("profile", profile)
             r.setdefault("threads", n)
+            r["frames"] = a.frames
+            r["load_average_before"] = os.getloadavg()
             results.append(r)
             print(json.dumps(r), flush=True)
+    results = sorted(kept + results, key=lambda r: (r["profile"] != "default", r["threads"]))
     rows = [[r["profile"], str(r["threads"]), *(
         [f"{r['stream_fps']} ({r['stream_rtf']}x)", f"{r['crop_fps']}", f"{r['encoder_fps']}",
          f"{r['temporal_step_ms']} ms ({r['temporal_rtf']}x)"] if "error" not in r else [r["error"], "", "", ""])]
         for r in results]
     print_table(["profile", "threads", "stream frames/s (RTF)", "crop frames/s", "encoder frames/s",
                  "temporal step (RTF)"], rows)
-    path = write_json("stream.json", {"machine": env, "video_fps": FPS, "frames": a.frames, "results": results,
+    path = write_json("stream.json", {"machine": env, "video_fps": FPS, "results": results,
                                       "date": time.strftime("%Y-%m-%d")})
     print(path)
 
