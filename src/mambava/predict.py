@@ -31,7 +31,6 @@ import logging
 import os
 import tempfile
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path

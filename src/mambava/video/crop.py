@@ -24,7 +24,6 @@ leaves nothing behind; the others are still cropped.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
