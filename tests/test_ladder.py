@@ -214,3 +214,24 @@ def test_ladder_interval_holds_seed_variance():
     _, rw = cell_scores(wild, vcounts, pc)
     width = lambda r: np.subtract(*np.quantile(r[:, 0], [0.975, 0.025]))  # noqa: E731
     assert width(rw) > 2 * width(rc)
+
+
+def test_leak_effect_is_the_frame_weighted_difference():
+    from mambava.leakage import leak_effect
+
+    rng = np.random.default_rng(3)
+    n = 30
+    pv = pd.DataFrame({"video": [f"v{i}" for i in range(n)], "n_frames": rng.integers(100, 1000, n),
+                       "leaked": np.arange(n) % 2 == 0, "official_train": np.arange(n) < 24})
+    base = rng.normal(0.4, 0.05, n)
+    pv["ccc_valence"] = base + np.where(pv.leaked, 0.2, 0.0)
+    pv["ccc_arousal"] = base
+    pv["p_va"] = (pv.ccc_valence + pv.ccc_arousal) / 2
+    e = leak_effect(pv, 500, 0)
+    part = pv[pv.official_train]
+    a, b = part[part.leaked], part[~part.leaked]
+    want = np.average(a.ccc_valence, weights=a.n_frames) - np.average(b.ccc_valence, weights=b.n_frames)
+    assert e["ccc_valence"]["diff"] == pytest.approx(want, abs=1e-4)
+    assert e["ccc_valence"]["lo"] > 0.1  # a real leak is detected
+    assert e["ccc_arousal"]["lo"] < 0 < e["ccc_arousal"]["hi"]  # no leak, no claim
+    assert e["n_leaked_videos"] == 12 and e["n_clean_videos"] == 12  # only official training videos compare

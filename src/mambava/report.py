@@ -395,14 +395,15 @@ def load_labels(index: pd.DataFrame, splits=("train", "validation")) -> pd.DataF
 
 
 def feature_sample(index: pd.DataFrame, features_dir: str | Path, split: str = "validation",
-                   n_points: int = 3000, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
-    """Up to ``n_points`` annotated frames that had a face, drawn evenly from ``split``:
-    (features (n, dim) float32, table video/frame/valence/arousal)."""
+                   n_points: int = 3000, seed: int = 0, videos=None) -> tuple[np.ndarray, pd.DataFrame]:
+    """Up to ``n_points`` annotated frames that had a face, drawn evenly from ``split`` (or from
+    ``videos`` when given): (features (n, dim) float32, table video/frame/valence/arousal)."""
     from mambava.data.affwild2 import read_annotation
     from mambava.features.extract import load_features
 
     feats, rows = [], []
-    for r in index[(index.split == split) & (index.annotation != "")].itertuples():
+    pick_rows = index.video.isin(set(videos)) if videos is not None else index.split == split
+    for r in index[pick_rows & (index.annotation != "")].itertuples():
         x, mask = load_features(features_dir, r.video)
         lab = read_annotation(r.annotation)
         n = min(len(x), len(lab))
