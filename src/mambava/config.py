@@ -21,10 +21,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mambava.checks import InputError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A problem in params.yaml, with the file, line and key that caused it."""
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mambava.checks import InputError
 from mambava.config import VARIANTS
 from mambava.data.windows import UNLABELLED, Video, pad_to, window_starts
 
@@ -87,7 +88,8 @@ def load_videos(index: pd.DataFrame, names: Sequence[str], features_dir: str | P
     rows = index.set_index("video")
     missing = [v for v in names if v not in rows.index]
     if missing:
-        raise KeyError(f"videos not in the index: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise InputError(f"videos not in the index: {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                         "(folds or features from another index? rerun `dvc repro`)")
     videos = []
     for name in names:
         fp = feature_path(features_dir, name)
@@ -98,7 +100,7 @@ def load_videos(index: pd.DataFrame, names: Sequence[str], features_dir: str | P
         if isinstance(ann, str) and ann:
             labels = read_annotation(ann)
             if len(labels) != len(feats):
-                raise ValueError(f"{name}: {fp} has {len(feats)} frames but {ann} has {len(labels)} label lines")
+                raise InputError(f"{fp}: {len(feats)} frames but {ann} has {len(labels)} label lines (video {name})")
         else:
             labels = np.full((len(feats), 2), UNLABELLED, dtype=np.float32)
         videos.append(Video(name, feats, labels))

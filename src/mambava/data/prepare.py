@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+from mambava.checks import InputError
 from mambava.config import Config
 from mambava.data.affwild2 import build_index, validate_layout, write_index
 from mambava.io import write_json
@@ -33,7 +34,7 @@ def prepare(cfg: Config) -> None:
         if problems:
             for p in problems[:50]:
                 log.error(p)
-            raise ValueError(f"{root}: {len(problems)} problem(s) in the Aff-Wild2 copy (see `mambava data validate --root {root}`)")
+            raise InputError(f"{root}: {len(problems)} problem(s) in the Aff-Wild2 copy (see `mambava data validate --root {root}`)")
         # DVC tracks data/twin as this stage's output; with real data it holds only this note.
         twin_dir = Path("data/twin")
         twin_dir.mkdir(parents=True, exist_ok=True)

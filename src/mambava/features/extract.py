@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mambava.checks import InputError
 from mambava.features.frames import FrameDataset, frames_on_disk, normalise
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,18 @@ def load_features(out_dir: str | Path, video: str, mmap: bool = True) -> tuple[n
     if not fp.exists():
         raise FileNotFoundError(f"{fp}: no features for video {video!r} (run `dvc repro features`)")
     mode = "r" if mmap else None
-    return np.load(fp, mmap_mode=mode), np.load(mask_path(out_dir, video), mmap_mode=mode)
+    arrays = []
+    for p in (fp, mask_path(out_dir, video)):
+        try:
+            arrays.append(np.load(p, mmap_mode=mode, allow_pickle=False))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{p}: missing for video {video!r} (run `dvc repro features`)") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"{p}: not a readable .npy array ({exc}); rerun `dvc repro features`") from None
+    feats, mask = arrays
+    if feats.ndim != 2 or mask.shape != (feats.shape[0],):
+        raise InputError(f"{fp}: shape {feats.shape} with a mask of shape {mask.shape} (expected (frames, dim) and (frames,))")
+    return feats, mask
 
 
 def fill_missing(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
