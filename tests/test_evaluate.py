@@ -152,6 +152,7 @@ def tiny_project(tmp_path, monkeypatch):
 device: cpu
 data: {{index: {tmp_path}/index.csv}}
 model: {{input_dim: 6}}
+mae_pretrain: {{encoder: {{embed_dim: 6}}}}  # = model.input_dim (checked)
 features: {{dir: {feats}}}
 folds: {{file: {tmp_path}/folds.csv, n_splits: 3}}
 train: {{out: {tmp_path}/runs, epochs: 2, warmup_epochs: 1, restart_epochs: 1, lr: 1.0e-2, batch_size: 4,

@@ -110,6 +110,7 @@ def _stage_params(tmp_path, index_path, features_dir) -> Path:
         "device": "cpu",
         "data": {"index": str(index_path)},
         "mae_pretrain": {"encoder": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}},
+        "model": {"input_dim": 32},  # = the encoder's embed_dim (checked)
         "mae_finetune": {"out": str(tmp_path / "finetune")},
         "features": {"dir": str(features_dir), "batch_size": 8, "num_workers": 0},
     }
