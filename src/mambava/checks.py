@@ -64,3 +64,25 @@ def require_finite(values, what: str) -> None:
         raise NonFiniteError(
             f"{what}: {int(bad.sum())} non-finite value(s), the first a {kind} at index {tuple(int(i) for i in first)}"
         )
+
+
+def check_training_step(step: int, loss: float, grad_norm: float, x=None, pred=None) -> None:
+    """Stop a run whose loss or gradient norm is NaN or infinite, before the optimizer step that
+    would spread it into the weights; name the step and the first cause among the inputs, the
+    predictions, the loss and the gradient. Costs nothing while both numbers are finite."""
+    import math
+
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    import torch
+
+    if x is not None and not bool(torch.isfinite(x).all()):
+        cause = "the input features of the batch hold NaN or inf values (check or re-extract the feature files)"
+    elif pred is not None and not bool(torch.isfinite(pred).all()):
+        cause = ("the model's predictions are NaN or inf: the run diverged "
+                 "(lower train.lr or train.grad_clip, or check the features' scale)")
+    elif not math.isfinite(loss):
+        cause = f"the loss is {loss} (predictions finite; a degenerate batch?)"
+    else:
+        cause = f"the gradient norm is {grad_norm} (the run diverged: lower train.lr)"
+    raise NonFiniteError(f"training stopped at step {step}: {cause}; nothing from this step was saved")

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mambava.checks import InputError
+from mambava.checks import InputError, require_finite
 from mambava.config import VARIANTS
 from mambava.data.windows import UNLABELLED, Video, pad_to, window_starts
 
@@ -96,6 +96,7 @@ def load_videos(index: pd.DataFrame, names: Sequence[str], features_dir: str | P
         if not Path(fp).exists():
             raise FileNotFoundError(f"{fp}: features missing for video {name} (run `dvc repro features`)")
         feats, _mask = load_features(features_dir, name)
+        require_finite(feats, f"{fp} (row i = frame i+1; re-extract with `dvc repro -f features`)")
         ann = rows.at[name, "annotation"]
         if isinstance(ann, str) and ann:
             labels = read_annotation(ann)
@@ -141,6 +142,7 @@ def predict_video(
                 seg[fresh] = yy[: len(seg)][fresh]
     else:
         raise ValueError(f"unknown inference {inference!r}; choose whole or windows")
+    require_finite(out, "model predictions")  # before the clip, which would turn inf into +-1
     return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 

@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mambava.checks import NonFiniteError, check_training_step
 from mambava.data.windows import Video, Windows
 from mambava.io import write_text as atomic_write_text
 from mambava.metrics import ccc_loss, ccc_va
@@ -247,6 +248,7 @@ def fit(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+        check_training_step(step + 1, loss.item(), grad_norm, x, pred)  # NaN/inf: stop, name the cause
         lr = opt.param_groups[0]["lr"]
         opt.step()
         sched.step()
@@ -256,7 +258,10 @@ def fit(
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", best=f"{best['score']:.3f}")
         if (k + 1) in points:
-            r = validate(model, val_videos, device, eval_cfg)
+            try:
+                r = validate(model, val_videos, device, eval_cfg)
+            except NonFiniteError as exc:
+                raise NonFiniteError(f"training stopped at step {step}: validation: {exc}") from None
             eval_rows.append([step, round(step / spe, 4), r["ccc_valence"], r["ccc_arousal"], r["p_va"]])
             score = r["ccc_valence"] + r["ccc_arousal"]
             if score > best["score"]:
