@@ -202,22 +202,32 @@ def test_stages_end_to_end(tiny_project):
         assert sub[1].startswith("vid08/00001.jpg,")
         # the in-training validation used the same inference: its best CCC is the evaluated one
         assert tm["ccc_valence"] == pytest.approx(disk["ccc_valence"], abs=2e-5)
-        assert disk["n_params"] == tm["n_params"] and disk["seconds_per_epoch"] == tm["seconds_per_epoch"]
+        assert disk["n_params"] == tm["n_params"]
+        # measured costs: in train.timing.json (not hashed by DVC), joined by the report
+        timing = json.loads((out / "train.timing.json").read_text())
+        assert timing["seconds_per_epoch"] == tm["seconds_per_epoch"] and timing["peak_memory_mb"] > 0
+        for f in ("metrics.json", "train_metrics.json"):
+            assert not {"seconds", "seconds_per_epoch", "peak_memory_mb"} & set(json.loads((out / f).read_text()))
+        from mambava.report import load_metrics
+
+        lm = load_metrics(root / "runs").set_index("fold")
+        assert lm.at[fold, "seconds_per_epoch"] == timing["seconds_per_epoch"]
         # the sweep's whole-video row is the evaluated inference (whole) before rounding
         sweep = pd.read_csv(out / "window_sweep.csv", dtype={"window": str})
         assert list(sweep.window) == [*map(str, cfg.evaluate.sweep), "whole"]
         assert sweep.p_va.iloc[-1] == pytest.approx(disk["p_va"], abs=2e-5)
-    # two runs with one seed: identical metrics
-    first = json.loads((root / "runs" / "mamba_va" / "fold2" / "metrics.json").read_text())
+    # two runs with one seed: the same bytes in every file DVC hashes (times are aside)
+    fold2 = root / "runs" / "mamba_va" / "fold2"
+    hashed = ("best.pt", "train_metrics.json", "metrics.json", "predictions.csv", "logs/steps.csv", "test/metrics.json")
+    before = {f: (fold2 / f).read_bytes() for f in hashed}
+    first = json.loads(before["metrics.json"])
     train.run(cfg, "mamba_va", 2, progress=False)
     evaluate.run(cfg, "mamba_va", 2)
-    again = json.loads((root / "runs" / "mamba_va" / "fold2" / "metrics.json").read_text())
-    from mambava.evaluate import COST_KEYS
+    assert {f: (fold2 / f).read_bytes() for f in hashed} == before
+    again = json.loads((fold2 / "metrics.json").read_text())
 
-    def results(m):  # time and memory are measurements, not results
-        return {k: v for k, v in m.items() if k not in COST_KEYS}
-
-    assert results(first) == results(again)
+    def results(m):
+        return m
     # static plots and the results table
     from mambava import plots
 

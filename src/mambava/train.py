@@ -20,8 +20,8 @@ Files in ``<train.out>/<variant>/fold<k>/``:
 
 - ``best.pt``: ``{"model": state_dict, "model_cfg": dict, "variant", "fold", "step", ...}``,
   loadable with ``torch.load(..., weights_only=True)``;
-- ``train_metrics.json``: best validation CCCs and step, time per epoch, peak memory, device,
-  scan backend, versions, seed;
+- ``train_metrics.json``: best validation CCCs and step, device, scan backend, versions, seed;
+- ``train.timing.json``: seconds, seconds per epoch, peak memory (not hashed by DVC: .dvcignore);
 - ``logs/steps.csv`` (step, epoch, lr, loss, grad_norm) and ``logs/evals.csv`` (step, epoch,
   ccc_valence, ccc_arousal, p_va): DVC plots.
 """
@@ -48,7 +48,9 @@ from torch import nn
 from mambava.checks import NonFiniteError, check_training_step
 from mambava.data.windows import Video, Windows
 from mambava.io import write_text as atomic_write_text
+from mambava.io import write_timing
 from mambava.metrics import ccc_loss, ccc_va
+from mambava.resume import content_digest, pause_point
 
 log = logging.getLogger("mambava.train")
 
@@ -217,6 +219,7 @@ def fit(
     step_rows: list[list] = []
     eval_rows: list[list] = []
     last_path, best_path = out / "last.pt", out / "best.pt"
+    best_ck = None  # the best.pt content so far, also kept in last.pt (DVC deletes best.pt on rerun)
     if last_path.exists():
         ck = torch.load(last_path, map_location="cpu", weights_only=True)
         if ck.get("format") == CHECKPOINT_FORMAT and ck.get("fingerprint") == fingerprint:
@@ -226,6 +229,8 @@ def fit(
             _set_rng_state(ck["rng"])
             step, elapsed, best = int(ck["step"]), float(ck["elapsed"]), dict(ck["best"])
             step_rows, eval_rows = [list(r) for r in ck["steps"]], [list(r) for r in ck["evals"]]
+            best_ck = ck.get("best_checkpoint")
+            _restore_outputs(out, best_ck, step_rows, eval_rows)
             log.info("%s: resuming at step %d of %d", last_path, step, total)
         else:
             log.warning("%s: from other settings or data; starting afresh", last_path)
@@ -266,11 +271,9 @@ def fit(
             score = r["ccc_valence"] + r["ccc_arousal"]
             if score > best["score"]:
                 best = {"score": score, "step": step, **r}
-                atomic_torch_save(
-                    {"model": model.state_dict(), "step": step, **(extra_best or {}),
-                     "metrics": {k2: float(v) for k2, v in r.items()}},
-                    best_path,
-                )
+                best_ck = {"model": {k2: v.detach().clone() for k2, v in model.state_dict().items()},
+                           "step": step, **(extra_best or {}), "metrics": {k2: float(v) for k2, v in r.items()}}
+                atomic_torch_save(best_ck, best_path)
             elapsed = time.perf_counter() - t0
             write_rows(out / "logs" / "steps.csv", STEP_COLUMNS, step_rows)
             write_rows(out / "logs" / "evals.csv", EVAL_COLUMNS, eval_rows)
@@ -279,10 +282,11 @@ def fit(
                     "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "step": step,
                     "epoch": epoch, "elapsed": elapsed, "model": model.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
-                    "best": best, "steps": step_rows, "evals": eval_rows,
+                    "best": best, "steps": step_rows, "evals": eval_rows, "best_checkpoint": best_ck,
                 },
                 last_path,
             )
+        pause_point(step)  # test hook (MAMBAVA_TEST_PAUSE): wait here to be killed
         if interrupt_at is not None and step == interrupt_at:
             bar.close()
             raise Interrupted(f"interrupted after step {step}")
@@ -302,6 +306,14 @@ def fit(
         "seconds_per_epoch": round(elapsed / tc.epochs, 3),
         "final_loss": float(step_rows[-1][3]),
     }
+
+
+def _restore_outputs(out: Path, best_ck: dict | None, step_rows: list, eval_rows: list) -> None:
+    """Rewrite best.pt and the logs from a resumed state: DVC deleted them before the rerun."""
+    if best_ck is not None:
+        atomic_torch_save(best_ck, out / "best.pt")
+    write_rows(out / "logs" / "steps.csv", STEP_COLUMNS, step_rows)
+    write_rows(out / "logs" / "evals.csv", EVAL_COLUMNS, eval_rows)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -344,7 +356,10 @@ def run(cfg, variant: str, fold: int, progress: bool = True, interrupt_at: int |
         "train": tc.model_dump(exclude={"threads", "out"}), "model": mcfg.model_dump(),
         "evaluate": cfg.evaluate.model_dump(include={"inference", "window", "stride"}),
         "variant": variant, "fold": fold, "train_videos": train_names, "val_videos": val_names,
-        "features": [os.stat(feature_path(cfg.features.dir, v)).st_size for v in train_names + val_names],
+        # the content of every input file (re-extracted features of the same shape are other data)
+        "features": content_digest(feature_path(cfg.features.dir, v) for v in train_names + val_names),
+        "annotations": content_digest(a for a in index.set_index("video").loc[train_names + val_names, "annotation"] if a),
+        "folds": content_digest([cfg.folds.file]),
     }
     log.info(
         "train %s fold %d on %s (scan %s): %d videos, %d windows of %d/%d, %d validation videos, %.2fM parameters",
@@ -367,14 +382,16 @@ def run(cfg, variant: str, fold: int, progress: bool = True, interrupt_at: int |
         "window": w,
         "stride": s,
         **environment(device, backend, tc.seed),
-        **peak_memory(),
     }
+    # measured, not computed: beside the metrics in a file DVC does not hash (mambava.io)
+    timing = {**{k: metrics.pop(k) for k in ("seconds", "seconds_per_epoch")}, **peak_memory()}
     atomic_write_text(out / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_timing(out, "train", timing)
     log.info(
         "%s: best CCC_v %.4f CCC_a %.4f at step %d; %.1f s", out, metrics["ccc_valence"],
-        metrics["ccc_arousal"], metrics["best_step"], metrics["seconds"],
+        metrics["ccc_arousal"], metrics["best_step"], timing["seconds"],
     )
-    return metrics
+    return {**metrics, **timing}
 
 
 def load_best(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:

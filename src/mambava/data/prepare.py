@@ -9,7 +9,7 @@ from pathlib import Path
 from mambava.checks import InputError
 from mambava.config import Config
 from mambava.data.affwild2 import build_index, validate_layout, write_index
-from mambava.io import write_json
+from mambava.io import write_json, write_timing
 
 log = logging.getLogger("mambava.data")
 
@@ -47,7 +47,7 @@ def prepare(cfg: Config) -> None:
         "frames": int(index.n_frames.sum()),
         "frames_on_disk": int(index.n_frames_on_disk.sum()),
         "frames_annotated": int(index.n_annotated.sum()),
-        "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(Path(d.index).with_name("summary.json"), summary)
+    write_timing(Path(d.index).parent, "data", {"seconds": round(time.perf_counter() - t0, 1)})
     log.info("index of %d videos written to %s: %s", len(index), d.index, summary)

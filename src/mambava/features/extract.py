@@ -27,7 +27,6 @@ done in the same run (a resumed run gives arrays bit-identical to an uninterrupt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mambava.checks import InputError
+from mambava.io import file_sha256, write_timing
 from mambava.features.frames import FrameDataset, frames_on_disk, normalise
 
 log = logging.getLogger(__name__)
@@ -117,14 +117,6 @@ def _is_done(out_dir: Path, video: str, n_frames: int, dim: int | None) -> bool:
     except (ValueError, OSError):
         return False
     return f.dtype == np.float16 and f.shape[0] == n_frames and (dim is None or f.shape[1] == dim) and m.shape == (n_frames,)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _prepare_dir(out_dir: Path, fingerprint: dict | None) -> None:
@@ -298,9 +290,12 @@ def extract_features(
         "batch_size": batch_size,
         "num_workers": num_workers,
     }
+    # what the arrays are in the summary (an output); what this run did and how fast aside
+    run_keys = ("videos_written", "videos_skipped", "frames_encoded", "seconds", "frames_per_second", "num_workers")
     tmp = out_dir / (SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.write_text(json.dumps({k: v for k, v in summary.items() if k not in run_keys}, indent=2))
     os.replace(tmp, out_dir / SUMMARY)
+    write_timing(out_dir, "features", {k: summary[k] for k in run_keys})
     log.info("features: %d videos written, %d already done, %d frames at %.1f frames/s",
              written, skipped, frames_done, summary["frames_per_second"] or 0)
     return summary
