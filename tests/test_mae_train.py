@@ -58,6 +58,7 @@ def _params(tmp_path, index, **pretrain) -> str:
     params = {
         "device": "cpu",
         "data": {"index": str(index)},
+        "model": {"input_dim": enc["embed_dim"]},  # checked to match
         "mae_pretrain": {"encoder": enc, "steps": 3, "batch_size": 4, "warmup_steps": 1, "decoder_dim": 16,
                          "decoder_depth": 1, "decoder_heads": 2, "n_reconstructions": 3, "num_workers": 0,
                          "out": str(tmp_path / "pretrain"), **pretrain},

@@ -18,6 +18,7 @@ from pathlib import Path
 # (benchmarks/README.md). Must be set before either library is imported; a user's value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from mambava.checks import InputError
 from mambava.config import ConfigError, load_config
 
 log = logging.getLogger("mambava")
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mambava", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("--profile", default=None, help="profile to apply over the defaults (e.g. paper)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="the data stage and tools").add_subparsers(dest="data_cmd", required=True)
@@ -255,9 +256,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as exc:
+        return report_error(exc, verbose=args.verbose)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# Errors a user can fix: a missing file, bad input data, a setting that cannot work, a diverged
+# run. They are printed as `error: <file>[:<line>]: <what>` lines, without a traceback, and exit
+# with code 2; anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (InputError, ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def error_message(exc: BaseException) -> str:
+    """The message of an expected error; OS errors as `<file>: <reason>`."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def report_error(exc: BaseException, verbose: bool = False) -> int:
+    if verbose:
+        import traceback
+
+        traceback.print_exception(exc)
+    for line in error_message(exc).splitlines():
+        if line.strip():
+            print(f"error: {line}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,6 @@ done in the same run (a resumed run gives arrays bit-identical to an uninterrupt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mambava.checks import InputError
+from mambava.io import file_sha256, write_timing
 from mambava.features.frames import FrameDataset, frames_on_disk, normalise
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,18 @@ def load_features(out_dir: str | Path, video: str, mmap: bool = True) -> tuple[n
     if not fp.exists():
         raise FileNotFoundError(f"{fp}: no features for video {video!r} (run `dvc repro features`)")
     mode = "r" if mmap else None
-    return np.load(fp, mmap_mode=mode), np.load(mask_path(out_dir, video), mmap_mode=mode)
+    arrays = []
+    for p in (fp, mask_path(out_dir, video)):
+        try:
+            arrays.append(np.load(p, mmap_mode=mode, allow_pickle=False))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{p}: missing for video {video!r} (run `dvc repro features`)") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"{p}: not a readable .npy array ({exc}); rerun `dvc repro features`") from None
+    feats, mask = arrays
+    if feats.ndim != 2 or mask.shape != (feats.shape[0],):
+        raise InputError(f"{fp}: shape {feats.shape} with a mask of shape {mask.shape} (expected (frames, dim) and (frames,))")
+    return feats, mask
 
 
 def fill_missing(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -105,14 +117,6 @@ def _is_done(out_dir: Path, video: str, n_frames: int, dim: int | None) -> bool:
     except (ValueError, OSError):
         return False
     return f.dtype == np.float16 and f.shape[0] == n_frames and (dim is None or f.shape[1] == dim) and m.shape == (n_frames,)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _prepare_dir(out_dir: Path, fingerprint: dict | None) -> None:
@@ -286,9 +290,12 @@ def extract_features(
         "batch_size": batch_size,
         "num_workers": num_workers,
     }
+    # what the arrays are in the summary (an output); what this run did and how fast aside
+    run_keys = ("videos_written", "videos_skipped", "frames_encoded", "seconds", "frames_per_second", "num_workers")
     tmp = out_dir / (SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.write_text(json.dumps({k: v for k, v in summary.items() if k not in run_keys}, indent=2))
     os.replace(tmp, out_dir / SUMMARY)
+    write_timing(out_dir, "features", {k: summary[k] for k in run_keys})
     log.info("features: %d videos written, %d already done, %d frames at %.1f frames/s",
              written, skipped, frames_done, summary["frames_per_second"] or 0)
     return summary
