@@ -413,10 +413,10 @@ def run(cfg, variant: str, fold: int, progress: bool = True, interrupt_at: int |
     }
     if ddp.is_main:
         atomic_write_text(out / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
-    log.info(
-        "%s: best CCC_v %.4f CCC_a %.4f at step %d; %.1f s", out, metrics["ccc_valence"],
-        metrics["ccc_arousal"], metrics["best_step"], metrics["seconds"],
-    )
+        log.info(
+            "%s: best CCC_v %.4f CCC_a %.4f at step %d; %.1f s", out, metrics["ccc_valence"],
+            metrics["ccc_arousal"], metrics["best_step"], metrics["seconds"],
+        )
     return metrics
 
 
