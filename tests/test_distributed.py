@@ -73,6 +73,14 @@ def test_one_process_is_a_no_op(monkeypatch):
         distributed.from_env()
 
 
+def test_single_process_commands_refuse_torchrun(monkeypatch, capsys):
+    from mambava.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["folds"]) == 2
+    assert "runs in one process" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- training
 def _free_port() -> int:
     with socket.socket() as s:

@@ -78,3 +78,27 @@ def test_killed_rank_is_redone_and_finished_videos_are_not(layout):
     for name, stamp in finished.items():  # never rewritten: same file, same modification time
         p = out / name
         assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp, name
+
+
+def test_two_nodes_with_c10d_rendezvous(layout):
+    """The several-machines command line (README), as two 'nodes' of one process each on this
+    machine meeting at a c10d rendezvous endpoint: same arrays as one process."""
+    import socket
+
+    root, index_path, want = layout
+    out = root / "nodes"
+    params = _stage_params(root / "p4", index_path, out)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test-nodes",
+           "-m", "mambava.cli", "--params", str(params), "features"]
+    nodes = [subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [n.communicate(timeout=600) for n in nodes]
+    for n, (_, err) in zip(nodes, results):
+        assert n.returncode == 0, err[-3000:]
+    assert _arrays(out) == want
+    s = json.loads((out / "_summary.json").read_text())
+    assert s["world_size"] == 2 and [r["videos_written"] for r in s["ranks"]] == [4, 4]

@@ -245,8 +245,9 @@ def fit(
     last_path, best_path = out / "last.pt", out / "best.pt"
     d = ddp
     _seed_rank(tc.seed, d)
-    if last_path.exists():
-        ck = torch.load(last_path, map_location="cpu", weights_only=True)
+    ck = torch.load(last_path, map_location="cpu", weights_only=True) if last_path.exists() else None
+    distributed.barrier(d)  # every rank has read last.pt before rank 0 may delete it
+    if ck is not None:
         if ck.get("format") == CHECKPOINT_FORMAT and ck.get("fingerprint") == fingerprint:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
