@@ -247,8 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Stages that run in several processes under torchrun (README, "Scaling out"); the others would
+# only do the same work N times.
+DISTRIBUTED_COMMANDS = ("features", "train")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if args.command not in DISTRIBUTED_COMMANDS and world.isdigit() and int(world) > 1:
+        print(f"error: `mambava {args.command}` runs in one process; start it without torchrun "
+              f"(WORLD_SIZE={world}; only {' and '.join(DISTRIBUTED_COMMANDS)} use several processes)", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",

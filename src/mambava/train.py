@@ -45,8 +45,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mambava import distributed
 from mambava.checks import NonFiniteError, check_training_step
-from mambava.data.windows import Video, Windows
+from mambava.data.sharding import window_share
+from mambava.data.windows import UNLABELLED, Video, Windows, pad_to
 from mambava.io import write_text as atomic_write_text
 from mambava.io import write_timing
 from mambava.metrics import ccc_loss, ccc_va
@@ -169,6 +171,27 @@ def environment(device: torch.device, backend: str, seed: int) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- several processes
+# Under torchrun (mambava.distributed): every rank trains on its share of each global batch
+# (mambava.data.sharding), the ranks gather their predictions into the one-process batch order
+# so that the CCC loss is the global batch's, and DDP averages the gradients; rank 0 validates
+# and writes the checkpoints while the others wait. In one process all of this is a no-op.
+def _local_batch(train_set: Windows, batch: np.ndarray, d: distributed.Dist):
+    """This rank's share of a global batch (all of it in one process), padded to the largest
+    share with windows the loss ignores, and every share's size."""
+    items, padded, sizes = window_share(batch, d.rank, d.world_size)
+    x, y = train_set.batch(items)
+    if d.enabled:
+        x, y = pad_to(x, padded, 0.0), pad_to(y, padded, UNLABELLED)
+    return x, y, sizes
+
+
+def _seed_rank(seed: int, d: distributed.Dist) -> None:
+    """Rank 0 keeps the one-process random stream; rank r > 0 draws its dropout from (seed, r)."""
+    if d.rank > 0:
+        torch.manual_seed(int(np.random.SeedSequence([seed, d.rank]).generate_state(1)[0]))
+
+
 # --------------------------------------------------------------------------- the loop
 def _rng_state() -> dict:
     state = {"cpu": torch.get_rng_state()}
@@ -203,8 +226,12 @@ def fit(
     extra_best: dict | None = None,
     progress: bool = True,
     interrupt_at: int | None = None,
+    ddp: distributed.Dist = distributed.SINGLE,
 ) -> dict:
     """Train ``model`` (initialised by the caller) and write the run's files to ``out_dir``.
+
+    ``ddp``: this process's place among torchrun's (:func:`mambava.distributed.setup`); the
+    model must be initialised identically on every rank.
 
     Resumes from ``out_dir/last.pt`` when its fingerprint matches. ``extra_best`` is stored in
     ``best.pt`` beside the weights (e.g. the model config). ``interrupt_at``: raise
@@ -235,35 +262,47 @@ def fit(
     eval_rows: list[list] = []
     last_path, best_path = out / "last.pt", out / "best.pt"
     best_ck = None  # the best.pt content so far, also kept in last.pt (DVC deletes best.pt on rerun)
-    if last_path.exists():
-        ck = torch.load(last_path, map_location="cpu", weights_only=True)
+    d = ddp
+    _seed_rank(tc.seed, d)
+    ck = torch.load(last_path, map_location="cpu", weights_only=True) if last_path.exists() else None
+    distributed.barrier(d)  # every rank has read last.pt before rank 0 may delete it
+    if ck is not None:
         if ck.get("format") == CHECKPOINT_FORMAT and ck.get("fingerprint") == fingerprint:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
-            _set_rng_state(ck["rng"])
+            ranks = ck.get("rng_ranks") or [ck["rng"]]
+            if len(ranks) == d.world_size:
+                _set_rng_state(ranks[d.rank])
+            elif d.rank == 0:
+                _set_rng_state(ck["rng"])
             step, elapsed, best = int(ck["step"]), float(ck["elapsed"]), dict(ck["best"])
             step_rows, eval_rows = [list(r) for r in ck["steps"]], [list(r) for r in ck["evals"]]
             best_ck = ck.get("best_checkpoint")
             _restore_outputs(out, best_ck, step_rows, eval_rows)
             log.info("%s: resuming at step %d of %d", last_path, step, total)
-        else:
+        elif d.is_main:
             log.warning("%s: from other settings or data; starting afresh", last_path)
             last_path.unlink()
-    if step == 0 and best_path.exists():
+    if step == 0 and best_path.exists() and d.is_main:
         best_path.unlink()
+    distributed.barrier(d)  # nobody reads or writes the run folder before rank 0 has cleaned it
+    net = distributed.wrap_ddp(model, d, device)
 
     model.train()
-    bar = tqdm(total=total, initial=step, desc=out.as_posix(), unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=total, initial=step, desc=out.as_posix(), unit="step", disable=not (progress and d.is_main),
+               leave=False)
     t0 = time.perf_counter() - elapsed
     while step < total:
         epoch, k = divmod(step, spe)
         order = epoch_order(tc.seed, epoch, len(train_set))
-        x, y = train_set.batch(order[k * tc.batch_size : (k + 1) * tc.batch_size])
+        x, y, shares = _local_batch(train_set, order[k * tc.batch_size : (k + 1) * tc.batch_size], d)
         # features move in their stored dtype (float16 from the feature files) and are cast there
         x = torch.from_numpy(x).to(device, non_blocking=True).float()
         y = torch.from_numpy(y).to(device, non_blocking=True)
-        pred = model(x)
+        pred = net(x)
+        if d.enabled:  # the global batch's loss: every rank's rows, in one-process order
+            pred, y = distributed.gather_rows(d, pred, shares), distributed.gather_rows(d, y, shares)
         loss = ccc_loss(pred.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -278,6 +317,8 @@ def fit(
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", best=f"{best['score']:.3f}")
         if (k + 1) in points:
+            rng = distributed.gather(d, _rng_state())  # every rank's, for a resume on as many ranks
+        if (k + 1) in points and d.is_main:
             try:
                 r = validate(model, val_videos, device, eval_cfg)
             except NonFiniteError as exc:
@@ -296,18 +337,23 @@ def fit(
                 {
                     "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "step": step,
                     "epoch": epoch, "elapsed": elapsed, "model": model.state_dict(),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng[0],
+                    **({"rng_ranks": rng} if d.enabled else {}),
                     "best": best, "steps": step_rows, "evals": eval_rows, "best_checkpoint": best_ck,
                 },
                 last_path,
             )
+        if (k + 1) in points:
+            distributed.barrier(d)  # the others wait for rank 0's validation and checkpoint
         pause_point(step)  # test hook (MAMBAVA_TEST_PAUSE): wait here to be killed
         if interrupt_at is not None and step == interrupt_at:
             bar.close()
             raise Interrupted(f"interrupted after step {step}")
     bar.close()
     elapsed = time.perf_counter() - t0
-    last_path.unlink(missing_ok=True)
+    best, elapsed = distributed.broadcast(d, (best, elapsed))  # rank 0 validated
+    if d.is_main:
+        last_path.unlink(missing_ok=True)
     return {
         "best_step": int(best["step"]),
         "best_epoch": round(best["step"] / spe, 4),
@@ -381,7 +427,7 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
     seed = tc.seed if seed is None else seed
     tc = tc.model_copy(update={"seed": seed})
     set_threads(tc.threads)
-    device = resolve_device(cfg.device)
+    ddp, device = distributed.setup(resolve_device(cfg.device))  # torchrun: this rank's place and device
     feats_dir = level_features(cfg, level)
     cache = {} if cache is None else cache
     key = ("fold", fold)
@@ -431,15 +477,16 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
     n_params = sum(p.numel() for p in model.parameters())
     backend = scan_backend(mcfg, device)
     log.info(
-        "train %s/%s fold %d seed %d on %s (scan %s): %d videos, %d windows of %d/%d, %d validation videos, %.3fM parameters",
+        "train %s/%s fold %d seed %d on %s (scan %s): %d videos, %d windows of %d/%d, %d validation videos, %.3fM parameters%s",
         level, variant, fold, seed, device, backend, len(train_names), len(train_set), w, s, len(val_names), n_params / 1e6,
+        f"; rank {ddp.rank} of {ddp.world_size} ({ddp.backend})" if ddp.enabled else "",
     )
     done.unlink(missing_ok=True)
     summary = fit(
         model, train_set, val_videos, tc, cfg.evaluate, device, out,
         fingerprint=fingerprint,
         extra_best={"model_cfg": mcfg.model_dump(), "variant": variant, "fold": fold, "level": level, "seed": seed},
-        progress=progress, interrupt_at=interrupt_at,
+        progress=progress, interrupt_at=interrupt_at, ddp=ddp,
     )
     metrics = {
         **summary,
@@ -454,15 +501,17 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
         "stride": s,
         "fingerprint": fingerprint,
         **environment(device, backend, seed),
+        **({"world_size": ddp.world_size, "dist_backend": ddp.backend} if ddp.enabled else {}),
     }
     # measured, not computed: beside the metrics in a file DVC does not hash (mambava.io)
     timing = {**{k: metrics.pop(k) for k in ("seconds", "seconds_per_epoch")}, **peak_memory()}
-    atomic_write_text(done, json.dumps(metrics, indent=2) + "\n")
-    write_timing(out, "train", timing)
-    log.info(
-        "%s: best CCC_v %.4f CCC_a %.4f at step %d; %.1f s", out, metrics["ccc_valence"],
-        metrics["ccc_arousal"], metrics["best_step"], timing["seconds"],
-    )
+    if ddp.is_main:
+        atomic_write_text(done, json.dumps(metrics, indent=2) + "\n")
+        write_timing(out, "train", timing)
+        log.info(
+            "%s: best CCC_v %.4f CCC_a %.4f at step %d; %.1f s", out, metrics["ccc_valence"],
+            metrics["ccc_arousal"], metrics["best_step"], timing["seconds"],
+        )
     return {**metrics, **timing}
 
 
@@ -509,11 +558,14 @@ def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None =
         k = int(read_folds(cfg.folds.file)["cv_fold"].max())
         folds = range(0, k + 1)
     jobs = [(fold, seed) for fold in folds for seed in seeds_of(cfg.train)]
-    results = parallel_map(_train_job, [(cfg, variant, level, f, s, progress) for f, s in jobs], cfg.train.workers)
+    # under torchrun the ranks share each run (DDP); forked workers would split them again
+    workers = 1 if distributed.from_env()[1] > 1 else cfg.train.workers
+    results = parallel_map(_train_job, [(cfg, variant, level, f, s, progress) for f, s in jobs], workers)
     runs = {f"fold{f}/seed{s}": {k: m[k] for k in ("ccc_valence", "ccc_arousal", "p_va", "best_step")}
             for (f, s), m in zip(jobs, results)}
     results = {"level": level, "variant": variant, "runs": runs}
-    atomic_write_text(summary_path, json.dumps(results, indent=2) + "\n")
+    if distributed.from_env()[0] == 0:
+        atomic_write_text(summary_path, json.dumps(results, indent=2) + "\n")
     return results
 
 
