@@ -22,15 +22,15 @@ import yaml
 from _dvc_project import dvc, make_project, popen_dvc
 
 pytestmark = pytest.mark.slow
-TRAIN = "train@mamba_va-0"
-RUN = Path("outputs/runs/mamba_va/fold0")
+TRAIN = "train@mae-mamba_va"
+RUN = Path("outputs/models/mae/mamba_va/fold0/seed42")
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """data -> mae -> features -> folds done; the train stage not run yet."""
     root = make_project(tmp_path_factory.mktemp("dvc") / "base",
-                        ["data", "mae_pretrain", "mae_finetune", "features", "folds", "train"])
+                        ["data", "mae_pretrain", "mae_finetune", "features", "folds", "oracle_features", "train"])
     dvc(root, "repro", "folds")
     return root
 

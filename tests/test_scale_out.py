@@ -48,17 +48,17 @@ def test_torchrun_train_equals_one_process(tmp_path):
     make_project(tmp_path)
     train = ["-m", "mambava.cli", "train", "--no-progress", "--variant", "mamba_va", "--fold", "1"]
     _sh([sys.executable, *train], tmp_path)
-    one = json.loads((tmp_path / "runs/mamba_va/fold1/train_metrics.json").read_text())
+    one = json.loads((tmp_path / "runs/mae/mamba_va/fold1/seed0/train_metrics.json").read_text())
     (tmp_path / "runs").rename(tmp_path / "runs_one")
     _sh([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *train], tmp_path)
-    two = json.loads((tmp_path / "runs/mamba_va/fold1/train_metrics.json").read_text())
+    two = json.loads((tmp_path / "runs/mae/mamba_va/fold1/seed0/train_metrics.json").read_text())
     assert two["world_size"] == 2 and two["dist_backend"] == "gloo" and "world_size" not in one
     assert one["p_va"] > 0.2, "the tiny task should be learnt, or the comparison says little"
     for key in ("best_step", "steps", "n_train_windows"):
         assert two[key] == one[key]
     for key in ("ccc_valence", "ccc_arousal", "p_va", "final_loss"):
         assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
-    assert not (tmp_path / "runs/mamba_va/fold1/last.pt").exists()
+    assert not (tmp_path / "runs/mae/mamba_va/fold1/seed0/last.pt").exists()
 
 
 def _queued_results(root: Path) -> dict[int, dict[str, dict]]:
@@ -100,7 +100,7 @@ def test_dvc_queue_gives_the_metrics_of_dvc_repro(tmp_path):
     queued = _queued_results(root)
     assert sorted(queued) == seeds
 
-    files = [f"runs/{v}/fold{f}/train_metrics.json" for v in ("mamba_va", "no_mamba") for f in (0, 1)]
+    files = [f"runs/mae/{v}/fold{f}/seed0/train_metrics.json" for v in ("mamba_va", "no_mamba") for f in (0, 1)]
     for seed in seeds:
         params = yaml.safe_load((root / "params.yaml").read_text())
         params["train"]["seed"] = seed

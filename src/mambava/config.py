@@ -194,6 +194,28 @@ class FeaturesConfig(Section):
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA only
 
 
+# --------------------------------------------------------------------------- raw video
+class CropConfig(Section):
+    """Face crops from raw video (``mambava data crop``, ``mambava predict``; mambava.video).
+
+    The geometry must match the crops the encoder was trained on: the twin's faces have their
+    eyes 0.20 of the crop apart at 0.49 of its height; Aff-Wild2's 112x112 crops follow the
+    five-point template of ArcFace (eyes 0.315 apart at 0.46), the paper profile's values.
+    """
+
+    size: int = Field(112, ge=16)  # crop side in pixels (the official crops: 112)
+    eye_distance: float = Field(0.20, gt=0, lt=1)  # eye distance / crop side
+    eye_y: float = Field(0.49, gt=0, lt=1)  # height of the eye line / crop side
+    max_gap_s: float = Field(0.5, ge=0)  # detector misses bridged by tracking, at most this long
+    smooth_min_cutoff: float = Field(1.0, gt=0)  # One Euro filter: Hz at rest (lower: steadier)
+    smooth_beta: float = Field(1.5, ge=0)  # One Euro filter: how fast it follows motion
+    work_size: int = Field(360, ge=64)  # frames scaled to this shorter side for detection
+    min_face: float = Field(0.12, gt=0, lt=1)  # smallest face / shorter side
+    jpeg_quality: int = Field(90, ge=10, le=100)
+    workers: int | None = Field(None, ge=1)  # videos in parallel; null = all cores
+    fps: float = Field(30.0, gt=0)  # frame rate of an already cropped folder (for time_s)
+
+
 # --------------------------------------------------------------------------- book
 class BookConfig(Section):
     """The book's notebooks (notebooks/*.ipynb, executed by papermill into book/notebooks/).
@@ -295,6 +317,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     ladder: LadderConfig = LadderConfig()
+    crop: CropConfig = CropConfig()
     book: BookConfig = BookConfig()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -311,7 +311,7 @@ def extract_features(
     if ddp.is_main:
         # what the arrays are in the summary (an output); what this run did and how fast aside
         run_keys = ("videos_written", "videos_skipped", "frames_encoded", "seconds", "frames_per_second",
-                    "num_workers")
+                    "num_workers", "ranks")
         tmp = out_dir / (SUMMARY + ".tmp")
         tmp.write_text(json.dumps({k: v for k, v in summary.items() if k not in run_keys}, indent=2))
         os.replace(tmp, out_dir / SUMMARY)
