@@ -288,6 +288,16 @@ def test_stage_runs_every_fold_and_seed_and_keeps_finished_runs(tiny_project):
     assert set(flat) >= {"fold3/seed43/test/p_va", "fold0/seed42/validation/ccc_arousal"}
     assert (root / "runs" / "mae" / "mamba_va" / "fold3" / "seed43" / "test" / "predictions.csv").exists()
     assert json.loads((root / "runs" / "mae" / "mamba_va.json").read_text()) == flat
+    # other training code (a fix in a model): the fingerprint sees it and the run trains again
+    stamp = (models / "fold1" / "seed43" / "best.pt").stat().st_mtime_ns
+    real = train.code_digest
+    train.code_digest = lambda: {**real(), "models/mamba.py": "edited"}
+    try:
+        train.run(cfg, "mamba_va", 1, seed=43, progress=False)
+    finally:
+        train.code_digest = real
+    assert (models / "fold1" / "seed43" / "best.pt").stat().st_mtime_ns != stamp
+    stamp = (models / "fold1" / "seed43" / "best.pt").stat().st_mtime_ns
     # same shape, other content: the fingerprint sees it and the run trains again
     f = cfg.features.dir + "/vid00.npy"
     x = np.load(f)

@@ -385,6 +385,19 @@ def fingerprint_of(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def code_digest() -> dict[str, str]:
+    """SHA-256 of the code a run's numbers depend on (training loop, models, windows, metrics,
+    inference): a finished run is kept only if this code is unchanged too."""
+    import mambava.data.windows
+    import mambava.inference
+    import mambava.metrics
+    import mambava.models
+
+    files = [Path(__file__), Path(mambava.data.windows.__file__), Path(mambava.inference.__file__),
+             Path(mambava.metrics.__file__), *sorted(Path(mambava.models.__file__).parent.glob("*.py"))]
+    return content_digest(files)
+
+
 def seeds_of(tc) -> list[int]:
     """The seeds of every (variant, fold): ``train.seed``, ``train.seed + 1``, ... (``train.seeds`` of them).
     The first is the primary seed: its evaluation is the one Tables 1 and 2 report."""
@@ -443,6 +456,7 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
             "annotations": content_digest(a for a in rows.loc[train_names + val_names, "annotation"]
                                           if isinstance(a, str) and a),
             "folds": content_digest([cfg.folds.file]),
+            "code": code_digest(),
         }
         cache[key] = (train_names, val_names, load_videos(index, train_names, feats_dir),
                       load_videos(index, val_names, feats_dir), data_hash)
