@@ -32,8 +32,9 @@ def build(root: Path, variant: str = "mamba_va", train: bool = True):
         "features": {"dir": str(root / "features"), "batch_size": 16, "num_workers": 0},
         "folds": {"file": str(root / "folds.csv"), "n_splits": 2},
         "train": {"out": str(root / "runs"), "epochs": 1, "warmup_epochs": 0, "restart_epochs": 1, "batch_size": 4,
-                  "window": 32, "stride": 32, "window_fold0": 32, "stride_fold0": 32, "evals_per_epoch": 1},
-        "evaluate": {"n_boot": 0, "sweep": [16]},
+                  "window": 32, "stride": 32, "window_fold0": 32, "stride_fold0": 32, "evals_per_epoch": 1,
+                  "seeds": 1},
+        "evaluate": {"n_boot": 0, "sweep": [16], "out": str(root / "eval")},
         "crop": {"size": 48},
     }
     path = root / "params.yaml"

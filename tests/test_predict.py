@@ -49,7 +49,7 @@ def _errors(capsys) -> list[str]:
 
 
 def _evaluated(root: Path) -> pd.DataFrame:
-    run = root / "runs" / "mamba_va" / "fold0"
+    run = root / "eval" / "mae" / "mamba_va" / "fold0"
     return pd.concat([pd.read_csv(run / "predictions.csv", dtype=str), pd.read_csv(run / "test" / "predictions.csv", dtype=str)])
 
 
@@ -87,7 +87,7 @@ def test_export_bundle_round_trip_without_pickle(project, tmp_path, monkeypatch)
     assert sorted(p.name for p in bundle.iterdir()) == [
         "MODEL_CARD.md", "bundle.json", "encoder.safetensors", "params.yaml", "temporal.safetensors"]
     meta = json.loads((bundle / "bundle.json").read_text())
-    run_metrics = json.loads((root / "runs" / "mamba_va" / "fold0" / "metrics.json").read_text())
+    run_metrics = json.loads((root / "eval" / "mae" / "mamba_va" / "fold0" / "metrics.json").read_text())
     assert meta["metrics"]["validation"]["ccc_valence"] == run_metrics["ccc_valence"]
     assert f"{run_metrics['ccc_valence']:.4f}" in (bundle / "MODEL_CARD.md").read_text()
     assert meta["encoder"]["embed_dim"] == meta["model"]["input_dim"] == 24
@@ -199,13 +199,13 @@ def test_bad_videos_and_missing_camera(project, tmp_path, capsys):
     write_mp4(tmp_path / "grey.mp4", [np.full((96, 128, 3), 120, np.uint8)] * 4)
     out = tmp_path / "out"
     run = ["--variant", "mamba_va", "--fold", 0, "--out", out, "--no-progress"]
-    assert _cli(project, "predict", tmp_path / "empty.mp4", *run) == 1
+    assert _cli(project, "predict", tmp_path / "empty.mp4", *run) == 2
     assert _errors(capsys) == [f"error: {tmp_path / 'empty.mp4'}: empty file (0 bytes)"]
-    assert _cli(project, "predict", tmp_path / "grey.mp4", *run) == 1
+    assert _cli(project, "predict", tmp_path / "grey.mp4", *run) == 2
     assert _errors(capsys) == [f"error: {tmp_path / 'grey.mp4'}: no face found in any of its 4 frames"]
-    assert _cli(project, "predict", tmp_path / "missing.mkv", *run) == 1
+    assert _cli(project, "predict", tmp_path / "missing.mkv", *run) == 2
     assert _errors(capsys) == [f"error: {tmp_path / 'missing.mkv'}: no such file"]
-    assert _cli(project, "predict", "/dev/video97", "--stream", *run) == 1
+    assert _cli(project, "predict", "/dev/video97", "--stream", *run) == 2
     assert _errors(capsys) == ["error: /dev/video97: no such camera"]
     # nothing half-written
     left = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
@@ -228,7 +228,7 @@ def test_bad_bundles(project, tmp_path, capsys):
     meta = json.loads((wrong / "bundle.json").read_text())
     meta["model"]["input_dim"] = 32
     (wrong / "bundle.json").write_text(json.dumps(meta))
-    assert predict_with(wrong) == 1
+    assert predict_with(wrong) == 2
     [line] = _errors(capsys)
     assert line.startswith(f"error: {wrong / 'bundle.json'}: the encoder gives 24-d features but the temporal model reads 32-d")
     # temporal weights of another model (hash updated, so only the shapes tell)
@@ -243,16 +243,16 @@ def test_bad_bundles(project, tmp_path, capsys):
     meta = json.loads((other / "bundle.json").read_text())
     meta["files"]["temporal.safetensors"] = _sha256(other / "temporal.safetensors")
     (other / "bundle.json").write_text(json.dumps(meta))
-    assert predict_with(other) == 1
+    assert predict_with(other) == 2
     [line] = _errors(capsys)
     assert line.startswith(f"error: {other / 'temporal.safetensors'}: does not fit the model described in bundle.json")
     # a damaged weight file
     (other / "encoder.safetensors").write_bytes((good / "encoder.safetensors").read_bytes()[:-10])
-    assert predict_with(other) == 1
+    assert predict_with(other) == 2
     assert _errors(capsys) == [f"error: {other / 'encoder.safetensors'}: SHA-256 differs from bundle.json "
                                "(the file was changed or damaged)"]
     # not a bundle
-    assert predict_with(tmp_path) == 1
+    assert predict_with(tmp_path) == 2
     [line] = _errors(capsys)
     assert line.startswith(f"error: {tmp_path / 'bundle.json'}: not found")
     assert not (tmp_path / "o").exists()

@@ -18,7 +18,9 @@ from pathlib import Path
 # (benchmarks/README.md). Must be set before either library is imported; a user's value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from mambava.checks import InputError
 from mambava.config import ConfigError, load_config
+from mambava.errors import UserError
 
 log = logging.getLogger("mambava")
 
@@ -101,17 +103,38 @@ def cmd_folds(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from mambava.train import run
+def cmd_oracle(args) -> int:
+    from mambava.data.oracle import run
 
-    run(_cfg(args), args.variant, args.fold, progress=not args.no_progress)
+    run(_cfg(args))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from mambava.train import run_all
+
+    run_all(_cfg(args), args.variant, args.level, folds=args.fold, progress=not args.no_progress)
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from mambava.evaluate import run
+    from mambava.evaluate import run_all
 
-    run(_cfg(args), args.variant, args.fold)
+    run_all(_cfg(args), args.variant, args.level, folds=args.fold)
+    return 0
+
+
+def cmd_leakage(args) -> int:
+    from mambava.leakage import run
+
+    run(_cfg(args))
+    return 0
+
+
+def cmd_ladder(args) -> int:
+    from mambava.ladder import run
+
+    run(_cfg(args))
     return 0
 
 
@@ -126,7 +149,10 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     from mambava.config import VARIANTS
 
     p.add_argument("--variant", required=True, choices=VARIANTS, help="model variant (ablation)")
-    p.add_argument("--fold", required=True, type=int, help="0 = official split, 1..5 = cross-validation folds")
+    p.add_argument("--level", default="mae", choices=("mae", "oracle"),
+                   help="features: mae (the MAE encoder's) or oracle (the twin's rendered parameters)")
+    p.add_argument("--fold", type=int, action="append", default=None,
+                   help="only this fold (repeatable; 0 = official split, 1..5 = CV folds); default: every fold")
 
 
 # --------------------------------------------------------------------------- own videos
@@ -214,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mambava", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("--profile", default=None, help="profile to apply over the defaults (e.g. paper)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="the data stage and tools").add_subparsers(dest="data_cmd", required=True)
@@ -245,13 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("folds", help="DVC stage `folds`: fold 0 = official split, folds 1-5 = grouped CV")
     p.set_defaults(func=cmd_folds)
-    p = sub.add_parser("train", help="DVC stage `train`: train one variant on one fold (resumes from last.pt)")
+    p = sub.add_parser("oracle", help="DVC stage `oracle_features`: the twin's rendered parameters as features")
+    p.set_defaults(func=cmd_oracle)
+    p = sub.add_parser("train", help="DVC stage `train`: one variant on every fold and seed (finished runs are kept)")
     _run_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("evaluate", help="DVC stage `evaluate`: predictions, CCCs, test submission of one run")
+    p = sub.add_parser("evaluate", help="DVC stage `evaluate`: predictions, CCCs, test submission of every run of a variant")
     _run_args(p)
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("ladder", help="DVC stage `ladder`: label ceiling, oracle and MAE features, by variant")
+    p.set_defaults(func=cmd_ladder)
+    p = sub.add_parser("leakage", help="DVC stage `leakage`: how optimistic the paper's protocol is (randomised)")
+    p.set_defaults(func=cmd_leakage)
 
     p = sub.add_parser("predict", help="valence and arousal of your own videos (or cropped folders): CSV, PNG [, MP4]")
     p.add_argument("inputs", nargs="+", metavar="VIDEO",
@@ -268,7 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="a shareable bundle of a run: safetensors weights, settings, metrics, model card")
-    _run_args(p)
+    from mambava.config import VARIANTS
+
+    p.add_argument("--variant", required=True, choices=VARIANTS, help="model variant (ablation)")
+    p.add_argument("--fold", type=int, required=True, help="0 = official split, 1..5 = CV folds (MAE features, primary seed)")
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.set_defaults(func=cmd_export)
 
@@ -294,23 +329,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Stages that run in several processes under torchrun (README, "Scaling out"); the others would
+# only do the same work N times.
+DISTRIBUTED_COMMANDS = ("features", "train")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if args.command not in DISTRIBUTED_COMMANDS and world.isdigit() and int(world) > 1:
+        print(f"error: `mambava {args.command}` runs in one process; start it without torchrun "
+              f"(WORLD_SIZE={world}; only {' and '.join(DISTRIBUTED_COMMANDS)} use several processes)", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from mambava.errors import UserError
-
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except UserError as exc:  # bad input the user can fix: one line naming the file
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except EXPECTED_ERRORS as exc:
+        return report_error(exc, verbose=args.verbose)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# Errors a user can fix: a missing file, bad input data, a setting that cannot work, a diverged
+# run. They are printed as `error: <file>[:<line>]: <what>` lines, without a traceback, and exit
+# with code 2; anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (InputError, UserError, ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                   PermissionError)
+
+
+def error_message(exc: BaseException) -> str:
+    """The message of an expected error; OS errors as `<file>: <reason>`."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def report_error(exc: BaseException, verbose: bool = False) -> int:
+    if verbose:
+        import traceback
+
+        traceback.print_exception(exc)
+    for line in error_message(exc).splitlines():
+        if line.strip():
+            print(f"error: {line}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,10 +21,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mambava.checks import InputError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A problem in params.yaml, with the file, line and key that caused it."""
 
 
@@ -100,6 +102,9 @@ class ModelConfig(Section):
     expand: int = Field(1, ge=1)  # Mamba inner width = expand * d_model; paper 1
     n_heads: int = Field(4, ge=1)  # transformer only; must divide d_model
     causal: bool = True  # transformer only (Mamba is causal by construction)
+    # transformer only: each frame attends to the last attention_window frames (0 = all of the past);
+    # no position codes, so training windows and whole-video inference see the same context
+    attention_window: int = Field(0, ge=0)
     head_hidden: int = Field(32, ge=1)  # paper: 128
     dropout: float = Field(0.3, ge=0, lt=1)  # TCN (and transformer) dropout; paper 0.3
     # Selective scan: auto = mamba-ssm's CUDA kernel on a GPU when installed, numba on a CPU.
@@ -166,6 +171,9 @@ class MaeFinetuneConfig(Section):
 
     freeze_blocks: int = Field(4, ge=0)  # patch embedding + the first k blocks are frozen
     loss: Literal["mse", "ccc"] = "mse"
+    # absolute: the labels (the authors); within_video: each video's labels minus its mean, so that
+    # identity (who is in the frame) explains nothing and the encoder learns expression
+    target: Literal["absolute", "within_video"] = "within_video"
     colour_augment: bool = True  # random channel order/gains/grey: shapes, not skin or background
     steps: int = Field(200, ge=0)
     batch_size: int = Field(48, ge=1)
@@ -225,16 +233,26 @@ class BookConfig(Section):
 
 
 # --------------------------------------------------------------------------- folds, train, evaluate
+class LadderConfig(Section):
+    """The signal ladder (twin only): the label ceiling, oracle features, MAE features."""
+
+    oracle_dir: str = "outputs/oracle_features"  # the twin's rendered parameters as a feature store
+    out: str = "outputs/ladder"  # ladder.csv, ladder.json, ladder.png
+
+
 class FoldsConfig(Section):
     """Fold 0 = the official split; folds 1..n_splits = grouped CV (mambava.data.windows)."""
 
     n_splits: int = Field(5, ge=2)
-    seed: int = 42  # shuffles the groups before the frame-balanced assignment
+    seed: int = 42  # shuffles the groups before the frame-balanced assignment (and draws the encoder videos)
+    # protocol clean: this fraction of the official training groups fine-tunes the encoder; those
+    # videos always train and never validate, so no scored video's labels reach its features
+    encoder_fraction: float = Field(0.5, gt=0, le=1)
     file: str = "outputs/folds.csv"
 
 
 # The model variants of the study (the ablations are settings of one model; mambava.models).
-VARIANTS: tuple[str, ...] = ("mamba_va", "no_tcn", "no_mamba", "transformer")
+VARIANTS: tuple[str, ...] = ("mamba_va", "no_tcn", "no_mamba", "transformer", "frame")
 
 
 class TrainConfig(Section):
@@ -262,7 +280,9 @@ class TrainConfig(Section):
     evals_per_epoch: int = Field(2, ge=1)  # paper: 4
     grad_clip: float = Field(1.0, gt=0)
     threads: int | None = Field(1, ge=1)  # torch and numba CPU threads; null = their defaults
-    out: str = "outputs/runs"  # <out>/<variant>/fold<k>/
+    seeds: int = Field(3, ge=1)  # seeds per (variant, fold): seed, seed + 1, ...; the first is the primary
+    workers: int = Field(1, ge=1)  # runs of one stage trained at once (forked processes; results do not depend on it)
+    out: str = "outputs/models"  # <out>/<level>/<variant>/fold<k>/seed<s>/
 
 
 class EvaluateConfig(Section):
@@ -275,11 +295,17 @@ class EvaluateConfig(Section):
     n_boot: int = Field(200, ge=0)  # video-level bootstrap resamples (0 = no intervals)
     boot_seed: int = 0
     level: float = Field(0.95, gt=0, lt=1)
+    out: str = "outputs/runs"  # <out>/<level>/<variant>/fold<k>/ (primary seed), .../fold<k>/seed<s>/
 
 
 # --------------------------------------------------------------------------- root
 class Config(Section):
     profile: str = "default"
+    # clean: the encoder is fine-tuned on videos that never validate or test a model (folds.encoder_fraction);
+    # paper: on every official training video, and folds 1-5 validate on them too (the authors' protocol)
+    protocol: Literal["clean", "paper"] = "clean"
+    # the variants the pipeline trains (dvc.yaml's train/evaluate matrices read this list)
+    variants: list[str] = Field(default_factory=lambda: list(VARIANTS), min_length=1)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
@@ -290,9 +316,17 @@ class Config(Section):
     folds: FoldsConfig = FoldsConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    ladder: LadderConfig = LadderConfig()
     crop: CropConfig = CropConfig()
     book: BookConfig = BookConfig()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> "Config":
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        return self
 
 
 # --------------------------------------------------------------------------- loading
@@ -365,11 +399,14 @@ def load_config(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}:1: the top level must be a mapping of sections")
+    duplicates = _duplicate_keys(text)
+    if duplicates:
+        raise ConfigError("invalid parameters:\n" + "\n".join(f"{path}:{m}" for m in duplicates))
     lines = _line_map(text)
 
     # Validate the defaults alone first, so an error names the right place in the file.
     try:
-        Config.model_validate(raw)
+        _check_settings(Config.model_validate(raw), path, lines, ())
     except ValidationError as exc:
         raise ConfigError("invalid parameters:\n" + _format_errors(exc, path, lines, ())) from None
 
@@ -383,7 +420,7 @@ def load_config(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -
         merged = _deep_merge(raw, overlay or {})
         merged["profile"] = pname
         try:
-            Config.model_validate(merged)
+            _check_settings(Config.model_validate(merged), path, lines, ("profiles", pname), pname)
         except ValidationError as exc:
             raise ConfigError(
                 f"invalid parameters in profile {pname!r}:\n"
@@ -392,3 +429,70 @@ def load_config(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -
     effective = _deep_merge(raw, profiles.get(name) or {}) if name != "default" else raw
     effective = dict(effective, profile=name)
     return Config.model_validate(effective)
+
+
+# --------------------------------------------------------------------------- checks across keys
+def settings_problems(cfg: Config) -> list[tuple[list[tuple], str]]:
+    """Settings that are each valid but cannot work together: (key paths involved, message)."""
+    out: list[tuple[list[tuple], str]] = []
+    m, enc = cfg.model, cfg.mae_pretrain.encoder
+    if m.input_dim != enc.embed_dim:
+        out.append(([("model", "input_dim"), ("mae_pretrain", "encoder", "embed_dim")],
+                    f"model.input_dim ({m.input_dim}) must equal mae_pretrain.encoder.embed_dim ({enc.embed_dim}), "
+                    "the width of the features the temporal model reads"))
+    for w, st in (("window", "stride"), ("window_fold0", "stride_fold0")):
+        if getattr(cfg.train, st) > getattr(cfg.train, w):
+            out.append(([("train", st), ("train", w)],
+                        f"train.{st} ({getattr(cfg.train, st)}) is longer than train.{w} ({getattr(cfg.train, w)}): "
+                        "the frames between windows would never be trained on"))
+    if cfg.evaluate.stride > cfg.evaluate.window:
+        out.append(([("evaluate", "stride"), ("evaluate", "window")],
+                    f"evaluate.stride ({cfg.evaluate.stride}) is longer than evaluate.window ({cfg.evaluate.window}): "
+                    "the frames between windows would get no prediction"))
+    for key in ("variant", "reference"):
+        value = getattr(cfg.book, key)
+        if value not in VARIANTS:
+            out.append(([("book", key)], f"book.{key}: unknown variant {value!r} (one of {', '.join(VARIANTS)})"))
+    return out
+
+
+def _check_settings(cfg: Config, path: Path, lines: dict[tuple, int], prefix: tuple, profile: str | None = None) -> Config:
+    """Raise ConfigError for :func:`settings_problems`, each at the line of the first key
+    involved that the profile overlay (``prefix``) sets, else at its line among the defaults."""
+    msgs = []
+    for keys, what in settings_problems(cfg):
+        line = next((lines[prefix + k] for k in keys if prefix and prefix + k in lines), None)
+        if line is None:
+            line = next((lines[k] for k in keys if k in lines), None)
+        where = f"{path}:{line}" if line else str(path)
+        msgs.append(f"{where}: {what}" + (f" (in profile {profile!r})" if profile else ""))
+    if msgs:
+        raise ConfigError("invalid parameters:\n" + "\n".join(msgs))
+    return cfg
+
+
+def _duplicate_keys(text: str) -> list[str]:
+    """``LINE: key: duplicate key`` for every key repeated in one mapping (YAML loaders keep the
+    last silently, so a setting written twice would be half-ignored)."""
+    out: list[str] = []
+
+    def walk(node: yaml.Node, keys: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                line = key_node.start_mark.line + 1
+                dotted = ".".join(map(str, keys + (key_node.value,)))
+                if key_node.value in seen:
+                    out.append(f"{line}: {dotted}: duplicate key (first set at line {seen[key_node.value]}; "
+                               "only one would be used)")
+                else:
+                    seen[key_node.value] = line
+                walk(value_node, keys + (key_node.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, keys + (i,))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return out

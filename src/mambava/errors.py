@@ -1,5 +1,5 @@
 """Errors about a user's input (a video, a bundle, a camera) that the command line reports as
-one line naming the file, with exit status 1, instead of a traceback."""
+one line naming the file, with exit status 2 (mambava.cli), instead of a traceback."""
 
 
 class UserError(ValueError):

@@ -130,11 +130,11 @@ def export(cfg, variant: str, fold: int, out: str | Path) -> Path:
     from safetensors.torch import save_file
 
     import mambava
-    from mambava.inference import run_dir
+    from mambava.evaluate import eval_dir
     from mambava.predict import from_run
 
     pred = from_run(cfg, variant, fold)
-    run = run_dir(cfg.train.out, variant, fold)
+    run = eval_dir(cfg, "mae", variant, fold)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "bundle.json").exists():
         raise BundleError(f"{out}: exists and is not a bundle; choose an empty or new folder")

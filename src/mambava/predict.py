@@ -103,16 +103,16 @@ class Predictor:
 def from_run(cfg, variant: str, fold: int) -> Predictor:
     """The Predictor of a pipeline run: ``mae_finetune.out``'s encoder and the run's best.pt."""
     from mambava.features.mae import EncoderSpec, load_encoder
-    from mambava.inference import resolve_device, run_dir
-    from mambava.train import load_best
+    from mambava.inference import resolve_device
+    from mambava.train import load_best, train_dir
 
     device = resolve_device(cfg.device)
     ckpt = Path(cfg.mae_finetune.out) / "checkpoint.pt"
     if not ckpt.exists():
         raise UserError(f"{ckpt}: no fine-tuned encoder (run `dvc repro mae_finetune`, or use --model DIR)")
-    best = run_dir(cfg.train.out, variant, fold) / "best.pt"
+    best = train_dir(cfg, "mae", variant, fold, cfg.train.seed) / "best.pt"
     if not best.exists():
-        raise UserError(f"{best}: no trained model (run `dvc repro train@{variant}-{fold}`, or use --model DIR)")
+        raise UserError(f"{best}: no trained model (run `dvc repro train@mae-{variant}`, or use --model DIR)")
     enc_cfg = cfg.mae_pretrain.encoder
     encoder = load_encoder(EncoderSpec.from_config(enc_cfg), ckpt).to(device).eval()
     model, _ = load_best(best, device)
