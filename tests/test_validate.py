@@ -281,3 +281,14 @@ def test_cli_expected_errors_are_one_line_exit_2(clean, tmp_path, repo):
     params.write_text(text.replace("  batch_size: 16\n", "  batch_size: -1\n", 1))
     r = _cli("--params", str(params), "where", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "train.batch_size" in r.stderr
+
+
+def test_video_annotated_in_both_splits_is_reported(clean):
+    from mambava.checks import InputError
+    from mambava.data.affwild2 import build_index
+
+    twin = clean / ANNOTATIONS / "Validation_Set" / "a.txt"
+    twin.write_text((clean / ANNOTATIONS / "Train_Set" / "a.txt").read_text())
+    _one(validate_layout(clean), str(twin), "video also annotated in", "Train_Set")
+    with pytest.raises(InputError, match=r"videos in more than one split: a \(train, validation\)"):
+        build_index(clean)
