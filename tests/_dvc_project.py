@@ -35,15 +35,16 @@ def tiny_params(repo: Path = REPO) -> dict:
                         head_hidden=8, n_heads=2, scan_backend="numba")
     raw["folds"]["n_splits"] = 2
     raw["train"].update(epochs=2, warmup_epochs=1, restart_epochs=1, batch_size=4, window=32, stride=32,
-                        window_fold0=48, stride_fold0=48, evals_per_epoch=2, lr=1e-2)
+                        window_fold0=48, stride_fold0=48, evals_per_epoch=2, lr=1e-2, seeds=1, workers=1)
+    raw["model"]["attention_window"] = 32
     raw["evaluate"].update(n_boot=20, sweep=[16, 64])
     return raw
 
 
 def _reduce_matrix(stage: dict, variants: list[str], folds: list[int]) -> dict:
     stage = dict(stage)
-    if "matrix" in stage:
-        stage["matrix"] = {"variant": list(variants), "fold": list(folds)}
+    if "matrix" in stage:  # (level, variant) stages train every fold of the folds file
+        stage["matrix"] = {"level": ["mae"], "variant": list(variants)}
     stage["deps"] = [d for d in stage.get("deps", []) if not str(d).startswith(("src/", "notebooks/", "benchmarks/"))]
     return stage
 

@@ -43,7 +43,7 @@ def test_unknown_key_names_file_line_and_key(params):
 
 
 def test_wrong_type_names_file_line_and_value(params):
-    params.write_text(params.read_text().replace("  n_videos: 48", "  n_videos: many"))
+    params.write_text(params.read_text().replace("  n_videos: 40", "  n_videos: many"))
     with pytest.raises(ConfigError) as e:
         load_config(params)
     line = _line_of(params, "n_videos: many")
@@ -91,9 +91,9 @@ def _error(params):
 
 
 def test_duplicate_key_names_both_lines(params):
-    text = params.read_text().replace("  lr: 1.0e-3\n", "  lr: 1.0e-3\n  lr: 1.0e-2\n", 1)
+    text = params.read_text().replace("  lr: 3.0e-3\n", "  lr: 3.0e-3\n  lr: 1.0e-2\n", 1)
     params.write_text(text)
-    first = _line_of(params, "lr: 1.0e-3")
+    first = _line_of(params, "lr: 3.0e-3")
     assert f"{params}:{first + 1}: train.lr: duplicate key (first set at line {first}" in _error(params)
 
 
@@ -121,8 +121,8 @@ def test_input_dim_mismatch_inside_a_profile_points_at_the_overlay(params):
 
 
 @pytest.mark.parametrize("section,window,stride,bad", [
-    ("train", "window: 128", "stride: 128", "stride: 200"),
-    ("train", "window_fold0: 256", "stride_fold0: 256", "stride_fold0: 300"),
+    ("train", "window: 512", "stride: 512", "stride: 600"),
+    ("train", "window_fold0: 512", "stride_fold0: 512", "stride_fold0: 700"),
     ("evaluate", "window: 500", "stride: 500", "stride: 600"),
 ])
 def test_stride_longer_than_window(params, section, window, stride, bad):

@@ -22,15 +22,16 @@ import yaml
 from _dvc_project import dvc, make_project, popen_dvc
 
 pytestmark = pytest.mark.slow
-TRAIN = "train@mamba_va-0"
-RUN = Path("outputs/runs/mamba_va/fold0")
+TRAIN = "train@mae-mamba_va"
+RUN = Path("outputs/models/mae/mamba_va/fold0/seed42")
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """data -> mae -> features -> folds done; train, evaluate and plots not run yet."""
+    """data -> mae -> features -> folds done; oracle features, train and evaluate not run yet."""
     root = make_project(tmp_path_factory.mktemp("dvc") / "base",
-                        ["data", "mae_pretrain", "mae_finetune", "features", "folds", "train", "evaluate", "plots"])
+                        ["data", "mae_pretrain", "mae_finetune", "features", "folds", "oracle_features", "train",
+                         "evaluate"])
     dvc(root, "repro", "folds")
     return root
 
@@ -103,12 +104,13 @@ def test_forced_rerun_of_every_stage_leaves_dvc_lock_unchanged(base, tmp_path):
     shutil.copytree(base, root, symlinks=True)
     dvc(root, "repro")
     first = (root / "dvc.lock").read_text()
-    timings = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.timing.json"))
-    assert timings == ["data/data.timing.json", "outputs/features/features.timing.json",
+    timings = {p.relative_to(root).as_posix() for p in root.rglob("*.timing.json")}
+    assert timings >= {"data/data.timing.json", "outputs/features/features.timing.json",
                        "outputs/mae_finetune/mae_finetune.timing.json", "outputs/mae_pretrain/mae_pretrain.timing.json",
-                       f"{RUN}/train.timing.json"]
+                       f"{RUN}/train.timing.json"}, timings
     r = dvc(root, "repro", "--force")
-    assert r.stdout.count("Running stage") == 8, r.stdout
+    n_stages = len(yaml.safe_load(first)["stages"])
+    assert n_stages >= 8 and r.stdout.count("Running stage") == n_stages, r.stdout
     second = (root / "dvc.lock").read_text()
     assert second == first, "\n".join(
         f"{a!r} != {b!r}" for a, b in zip(first.splitlines(), second.splitlines()) if a != b)

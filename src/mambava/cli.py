@@ -20,6 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from mambava.checks import InputError
 from mambava.config import ConfigError, load_config
+from mambava.errors import UserError
 
 log = logging.getLogger("mambava")
 
@@ -47,6 +48,21 @@ def cmd_data_validate(args) -> int:
         return 1
     print(f"{args.root}: OK")
     return 0
+
+
+def cmd_data_crop(args) -> int:
+    from mambava.video.crop import run
+
+    cfg = _cfg(args).crop
+    summaries, errors = run(args.videos, args.out, cfg, n_faces=args.faces,
+                            workers=args.workers or cfg.workers, progress=not args.no_progress)
+    for s in summaries:
+        for f in s["faces"]:
+            print(f"{f['video']}: {f['frames']} frames, face in {f['frames_with_face']} "
+                  f"(detected {f['frames_detected']}, tracked {f['frames_tracked']}), {f['frames_per_second']} frames/s")
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 # --------------------------------------------------------------------------- model
@@ -87,17 +103,38 @@ def cmd_folds(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from mambava.train import run
+def cmd_oracle(args) -> int:
+    from mambava.data.oracle import run
 
-    run(_cfg(args), args.variant, args.fold, progress=not args.no_progress)
+    run(_cfg(args))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from mambava.train import run_all
+
+    run_all(_cfg(args), args.variant, args.level, folds=args.fold, progress=not args.no_progress)
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from mambava.evaluate import run
+    from mambava.evaluate import run_all
 
-    run(_cfg(args), args.variant, args.fold)
+    run_all(_cfg(args), args.variant, args.level, folds=args.fold)
+    return 0
+
+
+def cmd_leakage(args) -> int:
+    from mambava.leakage import run
+
+    run(_cfg(args))
+    return 0
+
+
+def cmd_ladder(args) -> int:
+    from mambava.ladder import run
+
+    run(_cfg(args))
     return 0
 
 
@@ -112,7 +149,47 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     from mambava.config import VARIANTS
 
     p.add_argument("--variant", required=True, choices=VARIANTS, help="model variant (ablation)")
-    p.add_argument("--fold", required=True, type=int, help="0 = official split, 1..5 = cross-validation folds")
+    p.add_argument("--level", default="mae", choices=("mae", "oracle"),
+                   help="features: mae (the MAE encoder's) or oracle (the twin's rendered parameters)")
+    p.add_argument("--fold", type=int, action="append", default=None,
+                   help="only this fold (repeatable; 0 = official split, 1..5 = CV folds); default: every fold")
+
+
+# --------------------------------------------------------------------------- own videos
+def _predictor(args):
+    if args.model:
+        from mambava.export import load_bundle
+        from mambava.inference import resolve_device
+
+        return load_bundle(args.model, resolve_device(_cfg(args).device if Path(args.params).exists() else "auto"))
+    if args.variant is None or args.fold is None:
+        raise SystemExit("error: give --model DIR (a bundle) or --variant and --fold (a run of this pipeline)")
+    from mambava.predict import from_run
+
+    return from_run(_cfg(args), args.variant, args.fold)
+
+
+def cmd_predict(args) -> int:
+    from mambava import predict
+
+    pred = _predictor(args)
+    if args.stream:
+        for src in args.inputs:
+            path = predict.run_stream(pred, src, args.out, n_faces=args.faces, overlay=args.overlay, echo=not args.quiet)
+            print(path)
+        return 0
+    for path in predict.run(pred, args.inputs, args.out, n_faces=args.faces, overlay=args.overlay,
+                            progress=not args.no_progress):
+        print(path)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from mambava.export import export
+
+    out = export(_cfg(args), args.variant, args.fold, args.out)
+    print(f"{out}: bundle written ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return 0
 
 
 # --------------------------------------------------------------------------- book
@@ -174,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-list", default=None,
                    help="test video list to check against the frames (default: test_set_release.txt at the root, if there)")
     p.set_defaults(func=cmd_data_validate)
+    p = data.add_parser("crop", help="raw videos -> aligned face crops in the official layout (ROOT/cropped_aligned/)")
+    p.add_argument("--videos", required=True, help="a folder of videos (mp4, avi, mov, mkv) or one video file")
+    p.add_argument("--out", required=True, help="ROOT: crops go to ROOT/cropped_aligned/<video>/, logs to ROOT/crop_log/")
+    p.add_argument("--faces", type=int, default=1, choices=(1, 2), help="2: <video>_left and <video>_right")
+    p.add_argument("--workers", type=int, default=None, help="videos in parallel (default: crop.workers, else all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_crop)
 
     model = sub.add_parser("model", help="the temporal model").add_subparsers(dest="model_cmd", required=True)
     p = model.add_parser("summary", help="print the layer table and parameter count of a profile's model")
@@ -188,13 +272,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("folds", help="DVC stage `folds`: fold 0 = official split, folds 1-5 = grouped CV")
     p.set_defaults(func=cmd_folds)
-    p = sub.add_parser("train", help="DVC stage `train`: train one variant on one fold (resumes from last.pt)")
+    p = sub.add_parser("oracle", help="DVC stage `oracle_features`: the twin's rendered parameters as features")
+    p.set_defaults(func=cmd_oracle)
+    p = sub.add_parser("train", help="DVC stage `train`: one variant on every fold and seed (finished runs are kept)")
     _run_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("evaluate", help="DVC stage `evaluate`: predictions, CCCs, test submission of one run")
+    p = sub.add_parser("evaluate", help="DVC stage `evaluate`: predictions, CCCs, test submission of every run of a variant")
     _run_args(p)
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("ladder", help="DVC stage `ladder`: label ceiling, oracle and MAE features, by variant")
+    p.set_defaults(func=cmd_ladder)
+    p = sub.add_parser("leakage", help="DVC stage `leakage`: how optimistic the paper's protocol is (randomised)")
+    p.set_defaults(func=cmd_leakage)
+
+    p = sub.add_parser("predict", help="valence and arousal of your own videos (or cropped folders): CSV, PNG [, MP4]")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO",
+                   help="video files, cropped folders (00001.jpg ...), or with --stream a camera (/dev/video0, camera:0)")
+    p.add_argument("--model", default=None, help="a bundle folder written by `mambava export`")
+    p.add_argument("--variant", default=None, help="or a run of this pipeline: its variant ...")
+    p.add_argument("--fold", type=int, default=None, help="... and fold")
+    p.add_argument("--out", default="predictions", help="folder for <video>.csv, .png, .mp4 and crops/ (default: predictions)")
+    p.add_argument("--faces", type=int, default=1, choices=(1, 2), help="2: the left and right person of each frame")
+    p.add_argument("--overlay", action="store_true", help="also <video>.mp4 with the face box and the values drawn")
+    p.add_argument("--stream", action="store_true", help="one frame at a time (latency one frame); a file or a camera")
+    p.add_argument("--quiet", action="store_true", help="with --stream: do not print each frame's values")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a shareable bundle of a run: safetensors weights, settings, metrics, model card")
+    from mambava.config import VARIANTS
+
+    p.add_argument("--variant", required=True, choices=VARIANTS, help="model variant (ablation)")
+    p.add_argument("--fold", type=int, required=True, help="0 = official split, 1..5 = CV folds (MAE features, primary seed)")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plots", help="DVC stage `plots`: static PNGs of the training logs, results.csv")
     p.add_argument("--out", default="outputs/plots", help="folder for the images and results.csv")
@@ -218,8 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Stages that run in several processes under torchrun (README, "Scaling out"); the others would
+# only do the same work N times.
+DISTRIBUTED_COMMANDS = ("features", "train")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if args.command not in DISTRIBUTED_COMMANDS and world.isdigit() and int(world) > 1:
+        print(f"error: `mambava {args.command}` runs in one process; start it without torchrun "
+              f"(WORLD_SIZE={world}; only {' and '.join(DISTRIBUTED_COMMANDS)} use several processes)", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
@@ -237,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
 # Errors a user can fix: a missing file, bad input data, a setting that cannot work, a diverged
 # run. They are printed as `error: <file>[:<line>]: <what>` lines, without a traceback, and exit
 # with code 2; anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (InputError, ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+EXPECTED_ERRORS = (InputError, UserError, ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                   PermissionError)
 
 
 def error_message(exc: BaseException) -> str:

@@ -23,6 +23,16 @@ with new ones.
 
 Batches never span two videos, so a video's features do not depend on which other videos were
 done in the same run (a resumed run gives arrays bit-identical to an uninterrupted one).
+
+**Several processes** (``torchrun --nproc-per-node N mambava features``, :mod:`mambava.distributed`):
+rank 0 prepares the folder (fingerprint, stale arrays, partial writes) and lists the unfinished
+videos while the others wait; the unfinished videos are shared out balanced by frame count
+(:func:`mambava.data.sharding.shard_by_size`) and every rank writes its own videos, each
+atomically as above. Since a video's arrays do not depend on the other videos of the run, the
+union is byte-identical to a one-process extraction (on CPU; on GPUs up to each device's own
+kernels). A killed rank leaves its finished videos finished and its current one as a ``.tmp``;
+the restart deletes partial writes, skips every finished video and shares out the rest again.
+``_summary.json`` (rank 0) sums the ranks' counts and lists each rank's share.
 """
 
 from __future__ import annotations
@@ -40,7 +50,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mambava import distributed
 from mambava.checks import InputError
+from mambava.data.sharding import shard_by_size
 from mambava.io import file_sha256, write_timing
 from mambava.features.frames import FrameDataset, frames_on_disk, normalise
 
@@ -51,6 +63,7 @@ SUMMARY = "_summary.json"
 # Testing hook: SIGKILL this process while writing the (N+1)-th video of a run, after its
 # temporary file is written and before it is renamed (a crash in the worst place).
 KILL_AFTER_ENV = "MAMBAVA_FEATURES_KILL_AFTER"
+KILL_RANK_ENV = "MAMBAVA_FEATURES_KILL_RANK"  # with several processes: only this rank (default: any)
 
 
 def feature_path(out_dir: str | Path, video: str) -> Path:
@@ -175,30 +188,34 @@ def extract_features(
     precision: str = "fp32",
     fingerprint: dict | None = None,
     progress: bool = True,
+    ddp: distributed.Dist = distributed.SINGLE,
 ) -> dict:
     """Write ``<video>.npy`` and ``<video>.mask.npy`` for every video of ``index`` (module doc).
 
     index: DataFrame with ``video, n_frames, path`` (the data stage's index). encoder: maps
-    (B, 3, img_size, img_size) normalised images to (B, dim) features. Returns a summary dict.
+    (B, 3, img_size, img_size) normalised images to (B, dim) features. ``ddp``: this process's
+    place among torchrun's; it writes its share of the unfinished videos. Returns a summary dict
+    (with several processes: of all ranks, on every rank).
     """
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     device = torch.device(device)
-    _prepare_dir(out_dir, fingerprint)
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
-
     t0 = time.perf_counter()
-    dim = None
-    todo, skipped = [], 0
+    plan = None
+    if ddp.is_main:  # one process looks at the folder, so every rank acts on the same state
+        _prepare_dir(out_dir, fingerprint)
+        plan = _plan(index, out_dir, ddp.world_size)
+    dim, skipped, shards = distributed.broadcast(ddp, plan)
+    kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
+    if os.environ.get(KILL_RANK_ENV, str(ddp.rank)) != str(ddp.rank):
+        kill_after = -1
+    skipped = skipped if ddp.is_main else 0
+
+    todo = []
     n_beyond = 0
-    for row in index.itertuples(index=False):
+    for row in index.iloc[shards[ddp.rank]].itertuples(index=False):
         n = int(row.n_frames)
-        if _is_done(out_dir, row.video, n, dim):
-            skipped += 1
-            if dim is None:
-                dim = int(np.load(feature_path(out_dir, row.video), mmap_mode="r").shape[1])
-            continue
         on_disk = frames_on_disk(row.path)
         n_beyond += int((on_disk > n).sum())
         todo.append((row.video, row.path, n, on_disk[on_disk <= n]))
@@ -227,7 +244,8 @@ def extract_features(
 
     written = 0
     frames_done = 0
-    bar = tqdm(total=total, unit="frame", desc="features", disable=not progress, smoothing=0.1)
+    bar = tqdm(total=total, unit="frame", desc="features" + (f" rank {ddp.rank}" if ddp.enabled else ""),
+               disable=not progress, position=ddp.local_rank, smoothing=0.1)
 
     def write(k: int, feats: np.ndarray | None) -> None:
         nonlocal written, dim
@@ -276,7 +294,7 @@ def extract_features(
         flush_empty_until(len(todo))
     bar.close()
     seconds = time.perf_counter() - t0
-    summary = {
+    summary = _summary(ddp, {
         "videos": int(len(index)),
         "videos_written": written,
         "videos_skipped": skipped,
@@ -289,16 +307,54 @@ def extract_features(
         "precision": precision if autocast else "fp32",
         "batch_size": batch_size,
         "num_workers": num_workers,
-    }
-    # what the arrays are in the summary (an output); what this run did and how fast aside
-    run_keys = ("videos_written", "videos_skipped", "frames_encoded", "seconds", "frames_per_second", "num_workers")
-    tmp = out_dir / (SUMMARY + ".tmp")
-    tmp.write_text(json.dumps({k: v for k, v in summary.items() if k not in run_keys}, indent=2))
-    os.replace(tmp, out_dir / SUMMARY)
-    write_timing(out_dir, "features", {k: summary[k] for k in run_keys})
+    })
+    if ddp.is_main:
+        # what the arrays are in the summary (an output); what this run did and how fast aside
+        run_keys = ("videos_written", "videos_skipped", "frames_encoded", "seconds", "frames_per_second",
+                    "num_workers", "ranks")
+        tmp = out_dir / (SUMMARY + ".tmp")
+        tmp.write_text(json.dumps({k: v for k, v in summary.items() if k not in run_keys}, indent=2))
+        os.replace(tmp, out_dir / SUMMARY)
+        write_timing(out_dir, "features", {k: summary[k] for k in run_keys if k in summary})
     log.info("features: %d videos written, %d already done, %d frames at %.1f frames/s",
              written, skipped, frames_done, summary["frames_per_second"] or 0)
     return summary
+
+
+def _plan(index, out_dir: Path, world: int) -> tuple[int | None, int, list[list[int]]]:
+    """(feature width of the finished videos, how many are finished, each rank's unfinished
+    videos as positions in ``index``, balanced by frame count)."""
+    dim, skipped, todo = None, 0, []
+    for i, row in enumerate(index.itertuples(index=False)):
+        if _is_done(out_dir, row.video, int(row.n_frames), dim):
+            skipped += 1
+            if dim is None:
+                dim = int(np.load(feature_path(out_dir, row.video), mmap_mode="r").shape[1])
+        else:
+            todo.append(i)
+    shares = shard_by_size([int(index.iloc[i]["n_frames"]) for i in todo], world)
+    return dim, skipped, [[todo[j] for j in share] for share in shares]
+
+
+def _summary(ddp: distributed.Dist, mine: dict) -> dict:
+    """This rank's summary, or with several processes the ranks' summaries combined."""
+    if not ddp.enabled:
+        return mine
+    ranks = distributed.gather(ddp, mine)
+    frames = sum(r["frames_encoded"] for r in ranks)
+    seconds = max(r["seconds"] for r in ranks)
+    out = dict(mine)
+    for key in ("videos_written", "videos_skipped", "frames_encoded", "frames_beyond_n_frames_ignored"):
+        out[key] = sum(r[key] for r in ranks)
+    out.update(
+        dim=next((r["dim"] for r in ranks if r["dim"] is not None), None),
+        seconds=seconds,
+        frames_per_second=round(frames / seconds, 1) if seconds > 0 else None,
+        world_size=ddp.world_size,
+        dist_backend=ddp.backend,
+        ranks=[{k: r[k] for k in ("videos_written", "frames_encoded", "seconds", "device")} for r in ranks],
+    )
+    return out
 
 
 def _probe_dim(encoder: nn.Module, img_size: int, device: torch.device) -> int:
@@ -315,6 +371,7 @@ def run(cfg) -> dict:
     spec = EncoderSpec.from_config(enc_cfg)
     ckpt = Path(cfg.mae_finetune.out) / "checkpoint.pt"  # written by the mae_finetune stage
     encoder = load_encoder(spec, ckpt)
+    ddp, device = distributed.setup(resolve_device(cfg.device))  # torchrun: this rank's place and device
     fingerprint = {
         "checkpoint_sha256": file_sha256(ckpt),
         "index_sha256": file_sha256(cfg.data.index),
@@ -323,10 +380,10 @@ def run(cfg) -> dict:
         "std": list(enc_cfg.std),
         "dtype": "float16",
         "fill": "forward, backward at start; zeros if no face",
-    }
+    } if ddp.is_main else None  # rank 0 checks the folder's
     fc = cfg.features
     return extract_features(
         load_index(cfg.data.index), encoder, fc.dir, spec.img_size, enc_cfg.mean, enc_cfg.std,
-        batch_size=fc.batch_size, num_workers=fc.num_workers, device=resolve_device(cfg.device),
-        precision=fc.precision, fingerprint=fingerprint,
+        batch_size=fc.batch_size, num_workers=fc.num_workers, device=device,
+        precision=fc.precision, fingerprint=fingerprint, ddp=ddp,
     )
