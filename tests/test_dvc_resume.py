@@ -28,9 +28,10 @@ RUN = Path("outputs/models/mae/mamba_va/fold0/seed42")
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """data -> mae -> features -> folds done; the train stage not run yet."""
+    """data -> mae -> features -> folds done; oracle features, train and evaluate not run yet."""
     root = make_project(tmp_path_factory.mktemp("dvc") / "base",
-                        ["data", "mae_pretrain", "mae_finetune", "features", "folds", "oracle_features", "train"])
+                        ["data", "mae_pretrain", "mae_finetune", "features", "folds", "oracle_features", "train",
+                         "evaluate"])
     dvc(root, "repro", "folds")
     return root
 
@@ -95,3 +96,22 @@ def test_stale_state_from_other_features_is_not_resumed(base, reference, tmp_pat
     r = dvc(root, "repro", "--single-item", TRAIN)  # this stage only, on the changed features
     assert "from other settings or data; starting afresh" in r.stderr
     assert "resuming" not in r.stderr
+
+
+def test_forced_rerun_of_every_stage_leaves_dvc_lock_unchanged(base, tmp_path):
+    """`dvc repro -f` after `dvc repro`: every stage runs again and writes the same bytes."""
+    root = tmp_path / "p"
+    shutil.copytree(base, root, symlinks=True)
+    dvc(root, "repro")
+    first = (root / "dvc.lock").read_text()
+    timings = {p.relative_to(root).as_posix() for p in root.rglob("*.timing.json")}
+    assert timings >= {"data/data.timing.json", "outputs/features/features.timing.json",
+                       "outputs/mae_finetune/mae_finetune.timing.json", "outputs/mae_pretrain/mae_pretrain.timing.json",
+                       f"{RUN}/train.timing.json"}, timings
+    r = dvc(root, "repro", "--force")
+    n_stages = len(yaml.safe_load(first)["stages"])
+    assert n_stages >= 8 and r.stdout.count("Running stage") == n_stages, r.stdout
+    second = (root / "dvc.lock").read_text()
+    assert second == first, "\n".join(
+        f"{a!r} != {b!r}" for a, b in zip(first.splitlines(), second.splitlines()) if a != b)
+    assert "timing" not in second  # DVC never sees the measurements

@@ -58,11 +58,17 @@ def test_wrong_header(clean):
     _one(validate_layout(clean), f"{ann}:1:", "wrong or missing header")
 
 
-def test_non_numeric_value_names_line(clean):
-    ann = clean / ANNOTATIONS / "Train_Set" / "a.txt"
+def _set_line(root, i: int, text: str) -> Path:
+    """Replace line ``i`` (0-based) of video a's annotation file; return the file."""
+    ann = root / ANNOTATIONS / "Train_Set" / "a.txt"
     lines = ann.read_text().splitlines()
-    lines[3] = "0.1,abc"
+    lines[i] = text
     ann.write_text("\n".join(lines) + "\n")
+    return ann
+
+
+def test_non_numeric_value_names_line(clean):
+    ann = _set_line(clean, 3, "0.1,abc")
     _one(validate_layout(clean), f"{ann}:4:", "non-numeric")
 
 
@@ -223,10 +229,7 @@ def test_benign_quirks_are_accepted(clean):
 def test_blank_line_inside_an_annotation_is_not_skipped(clean):
     from mambava.data.affwild2 import AnnotationError, read_annotation
 
-    ann = clean / ANNOTATIONS / "Train_Set" / "a.txt"
-    lines = ann.read_text().splitlines()
-    lines[3] = ""
-    ann.write_text("\n".join(lines) + "\n")
+    ann = _set_line(clean, 3, "")
     _one(validate_layout(clean), f"{ann}:4:", "expected 2 comma-separated values")
     with pytest.raises(AnnotationError, match=f"{ann}:4:"):
         read_annotation(ann)  # pandas alone would skip the line and shift every later frame
@@ -278,3 +281,14 @@ def test_cli_expected_errors_are_one_line_exit_2(clean, tmp_path, repo):
     params.write_text(text.replace("  batch_size: 16\n", "  batch_size: -1\n", 1))
     r = _cli("--params", str(params), "where", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "train.batch_size" in r.stderr
+
+
+def test_video_annotated_in_both_splits_is_reported(clean):
+    from mambava.checks import InputError
+    from mambava.data.affwild2 import build_index
+
+    twin = clean / ANNOTATIONS / "Validation_Set" / "a.txt"
+    twin.write_text((clean / ANNOTATIONS / "Train_Set" / "a.txt").read_text())
+    _one(validate_layout(clean), str(twin), "video also annotated in", "Train_Set")
+    with pytest.raises(InputError, match=r"videos in more than one split: a \(train, validation\)"):
+        build_index(clean)

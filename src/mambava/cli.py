@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_generate)
     p = data.add_parser("validate", help="check a copy in the official Aff-Wild2 layout")
     p.add_argument("--root", required=True, help="folder holding cropped_aligned/ and annotations/")
-    p.add_argument("--test-list", default=None, help="optional test video list to check against the frames")
+    p.add_argument("--test-list", default=None,
+                   help="test video list to check against the frames (default: test_set_release.txt at the root, if there)")
     p.set_defaults(func=cmd_data_validate)
     p = data.add_parser("crop", help="raw videos -> aligned face crops in the official layout (ROOT/cropped_aligned/)")
     p.add_argument("--videos", required=True, help="a folder of videos (mp4, avi, mov, mkv) or one video file")
