@@ -162,12 +162,13 @@ def bench_training(work: Path, repeats: int, epochs: int) -> dict:
         for rep in range(repeats):
             out = f"runs_{procs}_{threads}_{rep}"
             train = cfg.train.model_dump()
-            train.update(epochs=epochs, evals_per_epoch=1, threads=threads, out=out)
+            train.update(epochs=epochs, evals_per_epoch=1, threads=threads, seeds=1, workers=1, out=out)
             params = {"device": "cpu", "data": {"index": "index.csv"}, "features": {"dir": "features"},
                       "folds": {"file": "folds.csv", "n_splits": 2}, "model": cfg.model.model_dump(), "train": train}
             (work / "params.yaml").write_text(yaml.safe_dump(params))
             wall, load = _run(["train", "--no-progress", "--variant", "mamba_va", "--fold", "0"], work, procs, threads)
-            m = json.loads((work / out / "mamba_va" / "fold0" / "train_metrics.json").read_text())
+            run = work / out / "mae" / "mamba_va" / "fold0" / f"seed{cfg.train.seed}"
+            m = json.loads((run / "train_metrics.json").read_text())
             rows.append({"setting": name, "processes": procs, "repeat": rep, "wall_s": round(wall, 2),
                          "stage_s": m["seconds"], "seconds_per_epoch": m["seconds_per_epoch"], "steps": m["steps"],
                          "p_va": m["p_va"], "load_before_after": load})

@@ -35,10 +35,11 @@ def papermill(src: Path, dst: Path, **params) -> Path:
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-    from _fake_runs import make_bench, make_params, make_runs
+    from _fake_runs import make_bench, make_ladder, make_params, make_runs
 
     out = tmp_path_factory.mktemp("fake")
-    make_runs(out, folds=range(2), videos_per_fold=3, frames=(120, 250))
+    runs = make_runs(out, folds=range(2), videos_per_fold=3, frames=(120, 250))
+    make_ladder(out, runs)
     make_bench(out)
     make_params(out, REPO / "params.yaml")
     return out
@@ -112,8 +113,8 @@ def test_check_page_finds_problems(tmp_path):
 # --------------------------------------------------------------------------- papermill + build
 def test_papermill_parameter_changes_the_output(fake, tmp_path):
     src = REPO / "notebooks" / "ablations.ipynb"
-    a = papermill(src, tmp_path / "a.ipynb", runs=fake / "runs", reference="mamba_va", n_boot=20)
-    b = papermill(src, tmp_path / "b.ipynb", runs=fake / "runs", reference="no_tcn", n_boot=20)
+    a = papermill(src, tmp_path / "a.ipynb", runs=fake / "runs", reference="mamba_va", n_boot=20, ladder_dir=fake / "ladder")
+    b = papermill(src, tmp_path / "b.ipynb", runs=fake / "runs", reference="no_tcn", n_boot=20, ladder_dir=fake / "ladder")
 
     def html_outputs(path):
         nb = json.loads(path.read_text())
@@ -129,7 +130,7 @@ def test_papermill_parameter_changes_the_output(fake, tmp_path):
     paired_b = next(h for h in hb if "P(better)" in h)
     assert "Mamba-VA (TCN + Mamba)" not in paired_a and "Mamba-VA (TCN + Mamba)" in paired_b
     # same inputs, same parameters: the same file (no timestamps, no execution counts)
-    a2 = papermill(src, tmp_path / "a2.ipynb", runs=fake / "runs", reference="mamba_va", n_boot=20)
+    a2 = papermill(src, tmp_path / "a2.ipynb", runs=fake / "runs", reference="mamba_va", n_boot=20, ladder_dir=fake / "ladder")
     assert a2.read_text() == a.read_text()
 
 
@@ -152,7 +153,8 @@ def _build(root: Path) -> Path:
 
 def test_one_page_book_builds_offline_and_passes_the_check(fake, tmp_path):
     root = _mini_book(tmp_path / "book", ["table1"])
-    papermill(REPO / "notebooks" / "table1.ipynb", root / "notebooks" / "table1.ipynb", runs=fake / "runs", n_boot=20)
+    papermill(REPO / "notebooks" / "table1.ipynb", root / "notebooks" / "table1.ipynb", runs=fake / "runs", n_boot=20,
+              leakage=fake / "leakage.json")
     html = _build(root)
     assert book.check_book(html, pages={"table1": book.PAGES["table1"]}) == []
     page = (html / "notebooks" / "table1.html").read_text()
@@ -166,9 +168,12 @@ def test_one_page_book_builds_offline_and_passes_the_check(fake, tmp_path):
 @pytest.mark.slow
 def test_full_book_from_fake_outputs(fake, tmp_path):
     """Every notebook but Data and Features (they need the data and feature stages) on fake runs."""
-    pages = ["table1", "table2", "ablations", "long_sequences", "predictions", "reproducibility"]
+    pages = ["ladder", "table1", "table2", "ablations", "long_sequences", "predictions", "reproducibility"]
     root = _mini_book(tmp_path / "book", pages)
-    params = {"table2": {"params_file": fake / "params.yaml"},
+    params = {"table2": {"params_file": fake / "params.yaml", "ladder_dir": fake / "ladder"},
+              "table1": {"leakage": fake / "leakage.json"},
+              "ablations": {"ladder_dir": fake / "ladder"},
+              "ladder": {"ladder_dir": fake / "ladder"},
               "long_sequences": {"bench_file": fake / "bench" / "bench_temporal.json"},
               "reproducibility": {"params_file": REPO / "params.yaml", "dvc_yaml": REPO / "dvc.yaml"}}
     for p in pages:

@@ -43,7 +43,7 @@ def test_unknown_key_names_file_line_and_key(params):
 
 
 def test_wrong_type_names_file_line_and_value(params):
-    params.write_text(params.read_text().replace("  n_videos: 48", "  n_videos: many"))
+    params.write_text(params.read_text().replace("  n_videos: 40", "  n_videos: many"))
     with pytest.raises(ConfigError) as e:
         load_config(params)
     line = _line_of(params, "n_videos: many")

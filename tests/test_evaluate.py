@@ -154,9 +154,9 @@ data: {{index: {tmp_path}/index.csv}}
 model: {{input_dim: 6}}
 features: {{dir: {feats}}}
 folds: {{file: {tmp_path}/folds.csv, n_splits: 3}}
-train: {{out: {tmp_path}/runs, epochs: 2, warmup_epochs: 1, restart_epochs: 1, lr: 1.0e-2, batch_size: 4,
-         window: 32, stride: 24, window_fold0: 48, stride_fold0: 40, evals_per_epoch: 2}}
-evaluate: {{n_boot: 50}}
+train: {{out: {tmp_path}/models, epochs: 2, warmup_epochs: 1, restart_epochs: 1, lr: 1.0e-2, batch_size: 4,
+         window: 32, stride: 24, window_fold0: 48, stride_fold0: 40, evals_per_epoch: 2, seeds: 2, workers: 1}}
+evaluate: {{n_boot: 50, out: {tmp_path}/runs}}
 """)
     monkeypatch.setattr(inf, "variant_model_config", lambda m, v: m)
     monkeypatch.setattr(inf, "build_model", lambda m: TinyCausal(m.input_dim))
@@ -176,12 +176,14 @@ def test_stages_end_to_end(tiny_project):
     for fold in (0, 2):
         tm = train.run(cfg, "mamba_va", fold, progress=False)
         m = evaluate.run(cfg, "mamba_va", fold)
-        out = root / "runs" / "mamba_va" / f"fold{fold}"
-        for f in ("best.pt", "train_metrics.json", "logs/steps.csv", "logs/evals.csv", "predictions.csv",
-                  "metrics.json", "test/predictions.csv", "test/metrics.json", "test/submission.txt",
+        out = root / "runs" / "mae" / "mamba_va" / f"fold{fold}"
+        trained = root / "models" / "mae" / "mamba_va" / f"fold{fold}" / "seed42"
+        for f in ("best.pt", "train_metrics.json", "logs/steps.csv", "logs/evals.csv"):
+            assert (trained / f).exists(), f
+        for f in ("predictions.csv", "metrics.json", "test/predictions.csv", "test/metrics.json", "test/submission.txt",
                   "window_sweep.csv"):
             assert (out / f).exists(), f
-        assert not (out / "last.pt").exists()
+        assert not (trained / "last.pt").exists()
         assert tm["device"] == "cpu" and tm["seed"] == 42 and tm["torch"] == torch.__version__
         # metrics.json is what the saved predictions give, recomputed independently
         disk = json.loads((out / "metrics.json").read_text())
@@ -207,10 +209,13 @@ def test_stages_end_to_end(tiny_project):
         assert list(sweep.window) == [*map(str, cfg.evaluate.sweep), "whole"]
         assert sweep.p_va.iloc[-1] == pytest.approx(disk["p_va"], abs=2e-5)
     # two runs with one seed: identical metrics
-    first = json.loads((root / "runs" / "mamba_va" / "fold2" / "metrics.json").read_text())
+    first = json.loads((root / "runs" / "mae" / "mamba_va" / "fold2" / "metrics.json").read_text())
+    import shutil
+
+    shutil.rmtree(root / "models" / "mae" / "mamba_va" / "fold2")  # train again from scratch
     train.run(cfg, "mamba_va", 2, progress=False)
     evaluate.run(cfg, "mamba_va", 2)
-    again = json.loads((root / "runs" / "mamba_va" / "fold2" / "metrics.json").read_text())
+    again = json.loads((root / "runs" / "mae" / "mamba_va" / "fold2" / "metrics.json").read_text())
     from mambava.evaluate import COST_KEYS
 
     def results(m):  # time and memory are measurements, not results
@@ -237,3 +242,42 @@ def test_stage_errors_name_files(tiny_project):
         train.run(cfg, "mamba_va", 0, progress=False)
     with pytest.raises(FileNotFoundError, match="best.pt"):
         evaluate.run(cfg, "mamba_va", 0)
+
+
+def test_stage_runs_every_fold_and_seed_and_keeps_finished_runs(tiny_project):
+    """run_all: every (fold, seed), the same results with 2 worker processes as with 1; a rerun keeps
+    finished runs; a change in the features' content (same shape) retrains."""
+    from mambava import evaluate, train
+    from mambava.data.windows import run_folds
+
+    cfg, root, vids = tiny_project
+    run_folds(cfg)
+    one = train.run_all(cfg, "mamba_va", progress=False)
+    assert set(one["runs"]) == {f"fold{f}/seed{s}" for f in range(4) for s in (42, 43)}
+    models = root / "models" / "mae" / "mamba_va"
+    w42 = torch.load(models / "fold1" / "seed42" / "best.pt", weights_only=True)["model"]
+    w43 = torch.load(models / "fold1" / "seed43" / "best.pt", weights_only=True)["model"]
+    assert any(not torch.equal(w42[k], w43[k]) for k in w42)  # the seeds differ
+    stamp = (models / "fold1" / "seed43" / "best.pt").stat().st_mtime_ns
+    again = train.run_all(cfg, "mamba_va", progress=False)
+    assert again == one and (models / "fold1" / "seed43" / "best.pt").stat().st_mtime_ns == stamp
+    # two workers, from scratch: the same numbers
+    import shutil
+
+    shutil.rmtree(models)
+    two = train.run_all(cfg.model_copy(update={"train": cfg.train.model_copy(update={"workers": 2})}), "mamba_va",
+                        progress=False)
+    assert set(two["runs"]) == set(one["runs"])  # the same numbers, to float32 rounding (forked BLAS state)
+    for k, m in one["runs"].items():
+        assert two["runs"][k]["best_step"] == m["best_step"]
+        assert two["runs"][k]["p_va"] == pytest.approx(m["p_va"], abs=1e-6)
+    flat = evaluate.run_all(cfg, "mamba_va")
+    assert set(flat) >= {"fold3/seed43/test/p_va", "fold0/seed42/validation/ccc_arousal"}
+    assert (root / "runs" / "mae" / "mamba_va" / "fold3" / "seed43" / "test" / "predictions.csv").exists()
+    assert json.loads((root / "runs" / "mae" / "mamba_va.json").read_text()) == flat
+    # same shape, other content: the fingerprint sees it and the run trains again
+    f = cfg.features.dir + "/vid00.npy"
+    x = np.load(f)
+    np.save(f, (x * 0.5).astype(np.float16))
+    train.run(cfg, "mamba_va", 1, seed=43, progress=False)
+    assert (models / "fold1" / "seed43" / "best.pt").stat().st_mtime_ns != stamp

@@ -230,13 +230,14 @@ def test_frame_norm_is_what_the_authors_instance_norm_computes():
 
 
 def test_variants_are_configurations_of_one_model():
-    assert list_variants() == ["mamba_va", "no_tcn", "no_mamba", "transformer"]
+    assert list_variants() == ["mamba_va", "no_tcn", "no_mamba", "transformer", "frame"]
     base = load_config(PARAMS).model
     cfgs = {v: variant_config(base, v) for v in list_variants()}
     assert cfgs["mamba_va"] == base
     assert cfgs["no_tcn"].tcn is False and cfgs["no_tcn"].temporal == "mamba"
     assert cfgs["no_mamba"].temporal == "none" and cfgs["no_mamba"].tcn
     assert cfgs["transformer"].temporal == "transformer"
+    assert cfgs["frame"].tcn is False and cfgs["frame"].temporal == "none"
     assert all(isinstance(c, ModelConfig) for c in cfgs.values())
     with pytest.raises(ValueError, match="unknown variant"):
         variant_config(base, "no_head")
@@ -249,7 +250,7 @@ def test_no_tcn_projects_input_to_d_model():
     assert (model.proj_in.in_features, model.proj_in.out_features) == (TINY.input_dim, TINY.d_model)
 
 
-@pytest.mark.parametrize("variant", ["mamba_va", "no_tcn", "no_mamba", "transformer"])
+@pytest.mark.parametrize("variant", ["mamba_va", "no_tcn", "no_mamba", "transformer", "frame"])
 def test_every_variant_builds_and_trains(variant):
     torch.manual_seed(5)
     model = build_model(TINY, variant)
@@ -282,6 +283,75 @@ def test_model_is_causal_and_runs_any_length(variant):
         head = model(x[:, :377])
     assert full.shape == (1, 1001, 2)
     torch.testing.assert_close(head, full[:, :377], rtol=1e-4, atol=1e-5)
+
+
+def test_frame_variant_has_no_temporal_mixing():
+    """`frame`: the output for a frame depends on that frame alone, whatever the other frames are."""
+    torch.manual_seed(8)
+    model = build_model(TINY, "frame").eval()
+    x = torch.randn(2, 60, TINY.input_dim)
+    y = x.clone()
+    y[:, :30] = torch.randn(2, 30, TINY.input_dim) * 5  # change every other frame (past and future)
+    y[:, 31:] = torch.randn(2, 29, TINY.input_dim) * 5
+    with torch.no_grad():
+        a, b = model(x), model(y)
+        alone = model(x[:, 30:31])
+    torch.testing.assert_close(a[:, 30], b[:, 30], rtol=0, atol=1e-6)
+    torch.testing.assert_close(a[:, 30:31], alone, rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, 29], b[:, 29])  # the changed frames did change their own outputs
+    # the same probe detects mixing in a temporal variant
+    temporal = build_model(TINY, "no_mamba").eval()
+    with torch.no_grad():
+        assert not torch.allclose(temporal(x)[:, 30], temporal(y)[:, 30])
+
+
+def test_local_attention_sees_exactly_its_window():
+    """Transformer with attention_window w: frame t depends on frames t-w+1..t and on no other,
+    at any length (no position codes), and equals full attention on the last w frames."""
+    torch.manual_seed(9)
+    w = 16
+    cfg = variant_config(TINY.model_copy(update={"attention_window": w, "n_layers": 1}), "transformer")
+    model = build_model(cfg).eval()
+    torch.nn.init.normal_(model.temporal.layers[0].qkv.weight, std=0.5)  # sharp attention
+    x = torch.randn(1, 100, TINY.input_dim)
+    with torch.no_grad():
+        enc = model.tcn(x)  # the stack's input: attention acts after the TCN
+        h = model.norm_in(model.proj_in(enc))
+        full = model.temporal(h)
+        t = 70
+        # the same frame computed from exactly its window, as one short sequence (no mask needed)
+        alone = model.temporal(h[:, t - w + 1:t + 1])[:, -1]
+        torch.testing.assert_close(full[:, t], alone, rtol=1e-4, atol=1e-5)
+        h2 = h.clone()
+        h2[:, : t - w + 1] = torch.randn_like(h2[:, : t - w + 1])  # frames just outside the window
+        torch.testing.assert_close(model.temporal(h2)[:, t], full[:, t], rtol=1e-4, atol=1e-5)
+        h3 = h.clone()
+        h3[:, t - w + 1] += 1.0  # the oldest frame inside the window
+        assert not torch.allclose(model.temporal(h3)[:, t], full[:, t])
+
+
+def test_a_log_and_d_get_no_weight_decay():
+    """mamba-ssm's rule: A_log and D are exempt from AdamW's decay; every other tensor decays."""
+    from mambava.train import optimizer_groups
+
+    torch.manual_seed(10)
+    model = build_model(TINY, "mamba_va")
+    groups = optimizer_groups(model, 0.5)
+    exempt = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in exempt}
+    assert names == {n for n, _ in model.named_parameters() if n.endswith((".A_log", ".D"))}
+    assert names  # the model has Mamba layers
+    # behaviour: with zero gradients, one AdamW step shrinks decayed tensors and leaves A_log, D alone
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(groups, lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        if n in names:
+            torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=0)
+        elif before[n].abs().sum() > 0:
+            torch.testing.assert_close(p.detach(), before[n] * (1 - 0.1 * 0.5), rtol=1e-6, atol=1e-7)
 
 
 def test_non_causal_transformer_sees_the_future():

@@ -91,7 +91,8 @@ def test_default_plan_lengths_span_an_order_of_magnitude(repo):
     assert n.max() / n.min() >= 5 and n.min() >= s.min_frames and n.max() <= s.max_frames
     assert s.max_frames / s.min_frames >= 10  # the default spans an order of magnitude
     assert {p.split for p in plans} == {"train", "validation", "test"}
-    assert len(plans) == 48
+    assert len(plans) == s.n_videos
+    assert n.mean() >= 1500 and n.max() >= 5000  # minutes-long videos, where long-range structure matters
     # a bigger size reaches Aff-Wild2 scale without changing the code
     big = plan_videos(SyntheticConfig(n_videos=594, n_pairs=8, min_frames=100, max_frames=20000))
     assert len(big) == 594 and max(p.n_frames for p in big) / min(p.n_frames for p in big) > 10
@@ -141,14 +142,15 @@ def test_expression_carries_the_latent_and_temporal_evidence():
     r_mouth = np.corrcoef(tr["mouth_curve"], v)[0, 1]
     assert 0.5 < r_mouth < 0.95
     assert np.corrcoef(tr["brow_tilt"], v)[0, 1] < -0.4
-    # arousal shows through the blink rate and motion energy measured over 10 s windows
-    w = int(10 * fps)
-    k = len(a) // w
-    a_win = a[: k * w].reshape(k, w).mean(1)
-    blinks = tr["blink_onset"][: k * w].reshape(k, w).sum(1)
-    motion = tr["motion_energy"][: k * w].reshape(k, w).mean(1)
-    assert np.corrcoef(blinks, a_win)[0, 1] > 0.4
-    assert np.corrcoef(motion, a_win)[0, 1] > 0.5
+    # arousal shows through the blink rate and motion energy, better over longer windows for blinks
+    def window_corr(sec, x, reduce):
+        w = int(sec * fps)
+        k = len(a) // w
+        return np.corrcoef(reduce(x[: k * w].reshape(k, w)), a[: k * w].reshape(k, w).mean(1))[0, 1]
+
+    blink_2s, blink_60s = (window_corr(s, tr["blink_onset"], lambda m: m.sum(1)) for s in (2, 60))
+    assert blink_2s < 0.5 < 0.7 < blink_60s
+    assert window_corr(10, tr["motion_energy"], lambda m: np.log(m.mean(1))) > 0.3
     # single-frame eye openness says much less about arousal than valence's mouth does
     assert abs(np.corrcoef(tr["eye_open"], a)[0, 1]) < r_mouth
 
@@ -180,3 +182,4 @@ def test_read_annotation_roundtrip(twin):
     arr = read_annotation(ann)
     assert arr.dtype == np.float32 and arr.shape[1] == 2
     assert len(arr) == len(ann.read_text().splitlines()) - 1
+

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlparse
 # The pages of the book built from notebooks, and how many tables / figures each must show.
 PAGES = {
     "data": {"tables": 1, "images": 3},
+    "ladder": {"tables": 4, "images": 1},
     "features": {"tables": 1, "images": 2},
     "table1": {"tables": 1, "images": 1},
     "table2": {"tables": 1, "images": 0},

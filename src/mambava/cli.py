@@ -86,17 +86,38 @@ def cmd_folds(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from mambava.train import run
+def cmd_oracle(args) -> int:
+    from mambava.data.oracle import run
 
-    run(_cfg(args), args.variant, args.fold, progress=not args.no_progress)
+    run(_cfg(args))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from mambava.train import run_all
+
+    run_all(_cfg(args), args.variant, args.level, folds=args.fold, progress=not args.no_progress)
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from mambava.evaluate import run
+    from mambava.evaluate import run_all
 
-    run(_cfg(args), args.variant, args.fold)
+    run_all(_cfg(args), args.variant, args.level, folds=args.fold)
+    return 0
+
+
+def cmd_leakage(args) -> int:
+    from mambava.leakage import run
+
+    run(_cfg(args))
+    return 0
+
+
+def cmd_ladder(args) -> int:
+    from mambava.ladder import run
+
+    run(_cfg(args))
     return 0
 
 
@@ -111,7 +132,10 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     from mambava.config import VARIANTS
 
     p.add_argument("--variant", required=True, choices=VARIANTS, help="model variant (ablation)")
-    p.add_argument("--fold", required=True, type=int, help="0 = official split, 1..5 = cross-validation folds")
+    p.add_argument("--level", default="mae", choices=("mae", "oracle"),
+                   help="features: mae (the MAE encoder's) or oracle (the twin's rendered parameters)")
+    p.add_argument("--fold", type=int, action="append", default=None,
+                   help="only this fold (repeatable; 0 = official split, 1..5 = CV folds); default: every fold")
 
 
 # --------------------------------------------------------------------------- book
@@ -186,13 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("folds", help="DVC stage `folds`: fold 0 = official split, folds 1-5 = grouped CV")
     p.set_defaults(func=cmd_folds)
-    p = sub.add_parser("train", help="DVC stage `train`: train one variant on one fold (resumes from last.pt)")
+    p = sub.add_parser("oracle", help="DVC stage `oracle_features`: the twin's rendered parameters as features")
+    p.set_defaults(func=cmd_oracle)
+    p = sub.add_parser("train", help="DVC stage `train`: one variant on every fold and seed (finished runs are kept)")
     _run_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("evaluate", help="DVC stage `evaluate`: predictions, CCCs, test submission of one run")
+    p = sub.add_parser("evaluate", help="DVC stage `evaluate`: predictions, CCCs, test submission of every run of a variant")
     _run_args(p)
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("ladder", help="DVC stage `ladder`: label ceiling, oracle and MAE features, by variant")
+    p.set_defaults(func=cmd_ladder)
+    p = sub.add_parser("leakage", help="DVC stage `leakage`: how optimistic the paper's protocol is (randomised)")
+    p.set_defaults(func=cmd_leakage)
 
     p = sub.add_parser("plots", help="DVC stage `plots`: static PNGs of the training logs, results.csv")
     p.add_argument("--out", default="outputs/plots", help="folder for the images and results.csv")

@@ -100,6 +100,9 @@ class ModelConfig(Section):
     expand: int = Field(1, ge=1)  # Mamba inner width = expand * d_model; paper 1
     n_heads: int = Field(4, ge=1)  # transformer only; must divide d_model
     causal: bool = True  # transformer only (Mamba is causal by construction)
+    # transformer only: each frame attends to the last attention_window frames (0 = all of the past);
+    # no position codes, so training windows and whole-video inference see the same context
+    attention_window: int = Field(0, ge=0)
     head_hidden: int = Field(32, ge=1)  # paper: 128
     dropout: float = Field(0.3, ge=0, lt=1)  # TCN (and transformer) dropout; paper 0.3
     # Selective scan: auto = mamba-ssm's CUDA kernel on a GPU when installed, numba on a CPU.
@@ -166,6 +169,9 @@ class MaeFinetuneConfig(Section):
 
     freeze_blocks: int = Field(4, ge=0)  # patch embedding + the first k blocks are frozen
     loss: Literal["mse", "ccc"] = "mse"
+    # absolute: the labels (the authors); within_video: each video's labels minus its mean, so that
+    # identity (who is in the frame) explains nothing and the encoder learns expression
+    target: Literal["absolute", "within_video"] = "within_video"
     colour_augment: bool = True  # random channel order/gains/grey: shapes, not skin or background
     steps: int = Field(200, ge=0)
     batch_size: int = Field(48, ge=1)
@@ -203,16 +209,26 @@ class BookConfig(Section):
 
 
 # --------------------------------------------------------------------------- folds, train, evaluate
+class LadderConfig(Section):
+    """The signal ladder (twin only): the label ceiling, oracle features, MAE features."""
+
+    oracle_dir: str = "outputs/oracle_features"  # the twin's rendered parameters as a feature store
+    out: str = "outputs/ladder"  # ladder.csv, ladder.json, ladder.png
+
+
 class FoldsConfig(Section):
     """Fold 0 = the official split; folds 1..n_splits = grouped CV (mambava.data.windows)."""
 
     n_splits: int = Field(5, ge=2)
-    seed: int = 42  # shuffles the groups before the frame-balanced assignment
+    seed: int = 42  # shuffles the groups before the frame-balanced assignment (and draws the encoder videos)
+    # protocol clean: this fraction of the official training groups fine-tunes the encoder; those
+    # videos always train and never validate, so no scored video's labels reach its features
+    encoder_fraction: float = Field(0.5, gt=0, le=1)
     file: str = "outputs/folds.csv"
 
 
 # The model variants of the study (the ablations are settings of one model; mambava.models).
-VARIANTS: tuple[str, ...] = ("mamba_va", "no_tcn", "no_mamba", "transformer")
+VARIANTS: tuple[str, ...] = ("mamba_va", "no_tcn", "no_mamba", "transformer", "frame")
 
 
 class TrainConfig(Section):
@@ -240,7 +256,9 @@ class TrainConfig(Section):
     evals_per_epoch: int = Field(2, ge=1)  # paper: 4
     grad_clip: float = Field(1.0, gt=0)
     threads: int | None = Field(1, ge=1)  # torch and numba CPU threads; null = their defaults
-    out: str = "outputs/runs"  # <out>/<variant>/fold<k>/
+    seeds: int = Field(3, ge=1)  # seeds per (variant, fold): seed, seed + 1, ...; the first is the primary
+    workers: int = Field(1, ge=1)  # runs of one stage trained at once (forked processes; results do not depend on it)
+    out: str = "outputs/models"  # <out>/<level>/<variant>/fold<k>/seed<s>/
 
 
 class EvaluateConfig(Section):
@@ -253,11 +271,17 @@ class EvaluateConfig(Section):
     n_boot: int = Field(200, ge=0)  # video-level bootstrap resamples (0 = no intervals)
     boot_seed: int = 0
     level: float = Field(0.95, gt=0, lt=1)
+    out: str = "outputs/runs"  # <out>/<level>/<variant>/fold<k>/ (primary seed), .../fold<k>/seed<s>/
 
 
 # --------------------------------------------------------------------------- root
 class Config(Section):
     profile: str = "default"
+    # clean: the encoder is fine-tuned on videos that never validate or test a model (folds.encoder_fraction);
+    # paper: on every official training video, and folds 1-5 validate on them too (the authors' protocol)
+    protocol: Literal["clean", "paper"] = "clean"
+    # the variants the pipeline trains (dvc.yaml's train/evaluate matrices read this list)
+    variants: list[str] = Field(default_factory=lambda: list(VARIANTS), min_length=1)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
@@ -268,8 +292,16 @@ class Config(Section):
     folds: FoldsConfig = FoldsConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    ladder: LadderConfig = LadderConfig()
     book: BookConfig = BookConfig()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> "Config":
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        return self
 
 
 # --------------------------------------------------------------------------- loading

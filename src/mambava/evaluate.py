@@ -189,56 +189,107 @@ def _evaluate_split(model, videos, device, ecfg, path: Path) -> dict:
     return score(read_predictions(path), ecfg.n_boot, ecfg.boot_seed, ecfg.level)
 
 
-def run(cfg, variant: str, fold: int) -> dict:
-    """The ``evaluate`` stage for one (variant, fold). Returns the validation metrics."""
-    import torch
+def eval_dir(cfg, level: str, variant: str, fold: int, seed: int | None = None) -> Path:
+    """``<evaluate.out>/<level>/<variant>/fold<k>/``: the primary seed's files; another seed's
+    in its ``seed<s>/`` subfolder (same files, no submission or sweep)."""
+    d = Path(cfg.evaluate.out) / level / variant / f"fold{fold}"
+    return d if seed is None or seed == cfg.train.seed else d / f"seed{seed}"
 
+
+def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = None, cache: dict | None = None) -> dict:
+    """Evaluate one (level, variant, fold, seed) (module doc). Returns the validation metrics."""
+    from mambava.config import ModelConfig
     from mambava.data.affwild2 import load_index
     from mambava.data.windows import fold_videos, read_folds
-    from mambava.inference import load_videos, resolve_device, run_dir, scan_backend
-    from mambava.train import atomic_write_text, environment, load_best, set_threads
+    from mambava.inference import load_videos, resolve_device, scan_backend
+    from mambava.train import atomic_write_text, environment, level_features, load_best, set_threads, train_dir
 
     ecfg = cfg.evaluate
+    seed = cfg.train.seed if seed is None else seed
+    primary = seed == cfg.train.seed
     set_threads(cfg.train.threads)
     device = resolve_device(cfg.device)
-    out = run_dir(cfg.train.out, variant, fold)
-    model, ck = load_best(out / "best.pt", device)
-    index = load_index(cfg.data.index)
-    _, val_names = fold_videos(read_folds(cfg.folds.file), fold)
-    test = index[index["split"] == "test"]
-    from mambava.config import ModelConfig
+    src = train_dir(cfg, level, variant, fold, seed)
+    out = eval_dir(cfg, level, variant, fold, seed)
+    model, ck = load_best(src / "best.pt", device)
+    feats = level_features(cfg, level)
+    cache = {} if cache is None else cache
+    if "index" not in cache:
+        index = load_index(cfg.data.index)
+        test = index[index["split"] == "test"]
+        cache["index"] = index
+        cache["test"] = load_videos(index, list(test["video"]), feats)
+    index = cache["index"]
+    if ("val", fold) not in cache:
+        _, val_names = fold_videos(read_folds(cfg.folds.file), fold)
+        cache[("val", fold)] = load_videos(index, val_names, feats)
+    val_videos, test_videos = cache[("val", fold)], cache["test"]
 
     env = {
-        "variant": variant, "fold": fold, "inference": ecfg.inference,
+        "level": level, "variant": variant, "fold": fold, "inference": ecfg.inference,
         "window": ecfg.window if ecfg.inference == "windows" else 0, "best_step": int(ck.get("step", -1)),
-        **environment(device, scan_backend(ModelConfig.model_validate(ck["model_cfg"]), device), cfg.train.seed),
+        **environment(device, scan_backend(ModelConfig.model_validate(ck["model_cfg"]), device), seed),
     }
-
-    val = _evaluate_split(model, load_videos(index, val_names, cfg.features.dir), device, ecfg, out / "predictions.csv")
-    cost_path = out / "train_metrics.json"
+    val = _evaluate_split(model, val_videos, device, ecfg, out / "predictions.csv")
+    cost_path = src / "train_metrics.json"
     cost = json.loads(cost_path.read_text()) if cost_path.exists() else {}
     cost = {k: cost[k] for k in COST_KEYS if k in cost}
     metrics = {**val, **env, **cost}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
     test_dir = out / "test"
-    test_videos = load_videos(index, list(test["video"]), cfg.features.dir)
     tm = _evaluate_split(model, test_videos, device, ecfg, test_dir / "predictions.csv")
     atomic_write_text(test_dir / "metrics.json", json.dumps({**tm, **env}, indent=2) + "\n")
 
-    sub = submission_frame(read_predictions(test_dir / "predictions.csv"))
-    tmp = test_dir / "submission.txt.check"
-    write_csv(sub, tmp)
-    problems = check_submission(tmp, [v.name for v in test_videos], [len(v.labels) for v in test_videos])
-    if problems:
-        raise ValueError("submission failed its check:\n" + "\n".join(problems))
-    os.replace(tmp, test_dir / "submission.txt")
-
-    sweep = window_sweep(model, load_videos(index, val_names, cfg.features.dir), device, ecfg.sweep)
-    write_csv(sweep, out / "window_sweep.csv", float_format=None)
+    if primary:  # the submission and the context sweep are of the primary seed's model
+        sub = submission_frame(read_predictions(test_dir / "predictions.csv"))
+        tmp = test_dir / "submission.txt.check"
+        write_csv(sub, tmp)
+        problems = check_submission(tmp, [v.name for v in test_videos], [len(v.labels) for v in test_videos])
+        if problems:
+            raise ValueError("submission failed its check:\n" + "\n".join(problems))
+        os.replace(tmp, test_dir / "submission.txt")
+        sweep = window_sweep(model, val_videos, device, ecfg.sweep)
+        write_csv(sweep, out / "window_sweep.csv", float_format=None)
 
     def fmt(m):
         return f"CCC_v {m['ccc_valence']:.4f} CCC_a {m['ccc_arousal']:.4f}" if "ccc_valence" in m else "no labels"
 
-    log.info("%s %s fold %d: validation %s; test %s", out, variant, fold, fmt(val), fmt(tm))
-    return metrics
+    log.info("%s %s/%s fold %d seed %d: validation %s; test %s", out, level, variant, fold, seed, fmt(val), fmt(tm))
+    return {"validation": metrics, "test": {**tm, **env}}
+
+
+_EVAL_CACHE: dict = {}  # per worker process: loaded videos
+
+
+def _eval_job(args) -> dict:
+    cfg, variant, level, fold, seed = args
+    return run(cfg, variant, fold, level, seed, cache=_EVAL_CACHE.setdefault(level, {}))
+
+
+def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None = None) -> dict:
+    """The ``evaluate`` stage of one (level, variant): every fold and seed that ``train`` wrote.
+    Writes ``<evaluate.out>/<level>/<variant>.json``: validation and test CCCs of every fold and
+    seed, flat keys (``fold0/seed42/test/p_va``) so that ``dvc metrics diff`` compares them."""
+    from mambava.data.windows import read_folds
+    from mambava.train import atomic_write_text, level_skipped, parallel_map, seeds_of
+
+    root = Path(cfg.evaluate.out) / level
+    why = level_skipped(cfg, level)
+    if why:
+        log.warning("evaluate %s/%s skipped: %s", level, variant, why)
+        (root / variant).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(root / f"{variant}.json", json.dumps({"skipped": why}, indent=2) + "\n")
+        return {"skipped": why}
+    if folds is None:
+        folds = range(0, int(read_folds(cfg.folds.file)["cv_fold"].max()) + 1)
+    jobs = [(fold, seed) for fold in folds for seed in seeds_of(cfg.train)]
+    results = parallel_map(_eval_job, [(cfg, variant, level, f, s) for f, s in jobs], cfg.train.workers)
+    flat: dict = {}
+    for (fold, seed), r in zip(jobs, results):
+        for split, m in r.items():
+            for key in ("ccc_valence", "ccc_arousal", "p_va"):
+                if key in m:
+                    flat[f"fold{fold}/seed{seed}/{split}/{key}"] = round(float(m[key]), 6)
+    atomic_write_text(root / f"{variant}.json", json.dumps(flat, indent=2) + "\n")
+    return flat

@@ -29,10 +29,11 @@ KEYS = ("ccc_valence", "ccc_arousal", "p_va", "ccc_valence_lo", "ccc_valence_hi"
 
 
 def find_runs(runs: str | Path) -> list[tuple[str, int, Path]]:
-    """(variant, fold, folder) of every run folder with a ``logs/evals.csv``, variants in study order."""
+    """(variant, fold, folder) of every evaluated run folder (``<variant>/fold<k>/metrics.json``,
+    the primary seed), variants in study order."""
     found = []
-    for p in Path(runs).glob("*/fold*/logs/evals.csv"):
-        d = p.parent.parent
+    for p in Path(runs).glob("*/fold*/metrics.json"):
+        d = p.parent
         fold = d.name.removeprefix("fold")
         if fold.isdigit():
             found.append((d.parent.name, int(fold), d))
@@ -50,7 +51,8 @@ def results_table(runs: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "fold", "split", *KEYS])
 
 
-def _curves(runs, csv: str, column: str, ylabel: str, path: Path) -> None:
+def _curves(runs, logs, csv: str, column: str, ylabel: str, path: Path) -> None:
+    """logs(variant, fold) -> the training run's logs folder."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,7 +65,7 @@ def _curves(runs, csv: str, column: str, ylabel: str, path: Path) -> None:
     for ax, variant in zip(axes[0], variants):
         for v, fold, d in found:
             if v == variant:
-                df = pd.read_csv(d / "logs" / csv)
+                df = pd.read_csv(logs(v, fold) / csv)
                 ax.plot(df["epoch"], df[column], label=f"fold {fold}", lw=1.2, alpha=0.85)
         ax.set_title(variant)
         ax.set_xlabel("epoch")
@@ -104,17 +106,23 @@ def _save(fig, path: Path) -> None:
 
 
 def run(cfg, out: str | Path = "outputs/plots") -> pd.DataFrame:
-    """The ``plots`` stage: PNGs and results.csv from every run under ``train.out``."""
-    runs, out = Path(cfg.train.out), Path(out)
+    """The ``plots`` stage: PNGs and results.csv of the MAE-feature runs (primary seed of each fold)."""
+    from mambava.train import train_dir
+
+    runs, out = Path(cfg.evaluate.out) / "mae", Path(out)
     if not find_runs(runs):
-        raise FileNotFoundError(f"{runs}: no <variant>/fold<k>/logs/evals.csv (run `dvc repro train`)")
+        raise FileNotFoundError(f"{runs}: no <variant>/fold<k>/metrics.json (run `dvc repro evaluate`)")
+
+    def logs(variant: str, fold: int) -> Path:
+        return train_dir(cfg, "mae", variant, fold, cfg.train.seed) / "logs"
+
     table = results_table(runs)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "results.csv.tmp"
     table.to_csv(tmp, index=False, float_format="%.6f")
     os.replace(tmp, out / "results.csv")
-    _curves(runs, "evals.csv", "p_va", "validation P_VA", out / "training_ccc.png")
-    _curves(runs, "steps.csv", "loss", "training loss (2 - CCC_v - CCC_a)", out / "training_loss.png")
+    _curves(runs, logs, "evals.csv", "p_va", "validation P_VA", out / "training_ccc.png")
+    _curves(runs, logs, "steps.csv", "loss", "training loss (2 - CCC_v - CCC_a)", out / "training_loss.png")
     if len(table):
         _bars(table, out / "ccc_by_fold.png")
     log.info("%s: results.csv and plots of %d runs", out, len(find_runs(runs)))

@@ -22,21 +22,23 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
+from mambava.config import VARIANTS
 from mambava.metrics import bootstrap_ccc, ccc, ccc_va, label_mask
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
-VARIANTS = ("mamba_va", "no_tcn", "no_mamba", "transformer")
 VARIANT_LABELS = {
     "mamba_va": "Mamba-VA (TCN + Mamba)",
     "no_tcn": "no TCN (Mamba only)",
     "no_mamba": "no Mamba (TCN only)",
     "transformer": "TCN + Transformer",
+    "frame": "frame only (no TCN, no temporal model)",
 }
 METRICS = ("ccc_valence", "ccc_arousal", "p_va")
 METRIC_LABELS = {"ccc_valence": "Valence", "ccc_arousal": "Arousal", "p_va": "Average"}
@@ -278,25 +280,42 @@ def table1(ours: pd.DataFrame, paper: pd.DataFrame | None = None, digits: int = 
 
 
 def table2(ours: dict, label: str = "mambava (this run)", paper: pd.DataFrame | None = None,
-           digits: int = 3) -> pd.DataFrame:
-    """Table 2: the paper's leaderboard with our test-set row inserted, sorted by average CCC.
+           digits: int = 3, extra: Sequence[tuple[str, dict]] = ()) -> pd.DataFrame:
+    """Table 2: the paper's leaderboard with our test-set row(s) inserted, sorted by average CCC.
 
-    ``ours``: scores() of the test predictions (ccc_*, optional *_lo/_hi). The column ``source``
-    says which rows are the paper's and which is ours (and on which data).
+    ``ours``: scores() of the test predictions (ccc_*, optional *_lo/_hi); ``extra``: more
+    (label, scores) rows of ours. The column ``source`` says which rows are the paper's and which
+    are ours (and on which data).
     """
     paper = paper_table2() if paper is None else paper
     lb = paper.rename(columns={"valence": "Valence", "arousal": "Arousal", "average": "Average",
                                "method": "Method"}).copy()
     lb["source"] = "paper (Aff-Wild2 test)"
-    mine = {"Method": label, "Valence": ours["ccc_valence"], "Arousal": ours["ccc_arousal"],
-            "Average": ours["p_va"], "source": "this pipeline"}
-    lb = pd.concat([lb, pd.DataFrame([mine])], ignore_index=True)
+    mine = dict([(label, ours), *extra])
+    rows = [{"Method": lab, "Valence": sc["ccc_valence"], "Arousal": sc["ccc_arousal"], "Average": sc["p_va"],
+             "source": "this pipeline"} for lab, sc in mine.items()]
+    lb = pd.concat([lb, pd.DataFrame(rows)], ignore_index=True)
     lb = lb.sort_values("Average", ascending=False, kind="stable", ignore_index=True)
     lb.insert(0, "Rank", np.arange(1, len(lb) + 1))
     for k, col in zip(METRICS, ("Valence", "Arousal", "Average")):
-        lb[col] = [fmt_ci(v, ours.get(f"{k}_lo"), ours.get(f"{k}_hi"), digits) if m == label else f"{v:.3f}"
+        lb[col] = [fmt_ci(v, mine[m].get(f"{k}_lo"), mine[m].get(f"{k}_hi"), digits) if m in mine else f"{v:.3f}"
                    for v, m in zip(lb[col], lb["Method"])]
     return lb.set_index("Rank")
+
+
+def ladder_test_row(ladder: pd.DataFrame, variant: str, level: str = "mae") -> dict | None:
+    """scores()-like dict of one ladder cell on the test split (mean over folds and seeds, with its
+    video x seed interval), or None when the ladder has no such cell."""
+    t = ladder[(ladder.split == "test") & (ladder.level == level) & (ladder.variant == variant)]
+    if t.empty:
+        return None
+    out: dict = {}
+    for r in t.itertuples():
+        k = f"ccc_{r.target}"
+        out[k], out[f"{k}_lo"], out[f"{k}_hi"] = float(r.ccc), float(r.lo), float(r.hi)
+        out["n_folds"], out["n_seeds"] = int(r.n_folds), int(r.n_seeds)
+    out["p_va"] = (out["ccc_valence"] + out["ccc_arousal"]) / 2
+    return out
 
 
 # The cost columns of the authors' later LightMamba ablation table, as evaluate copies them from
@@ -376,14 +395,15 @@ def load_labels(index: pd.DataFrame, splits=("train", "validation")) -> pd.DataF
 
 
 def feature_sample(index: pd.DataFrame, features_dir: str | Path, split: str = "validation",
-                   n_points: int = 3000, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
-    """Up to ``n_points`` annotated frames that had a face, drawn evenly from ``split``:
-    (features (n, dim) float32, table video/frame/valence/arousal)."""
+                   n_points: int = 3000, seed: int = 0, videos=None) -> tuple[np.ndarray, pd.DataFrame]:
+    """Up to ``n_points`` annotated frames that had a face, drawn evenly from ``split`` (or from
+    ``videos`` when given): (features (n, dim) float32, table video/frame/valence/arousal)."""
     from mambava.data.affwild2 import read_annotation
     from mambava.features.extract import load_features
 
     feats, rows = [], []
-    for r in index[(index.split == split) & (index.annotation != "")].itertuples():
+    pick_rows = index.video.isin(set(videos)) if videos is not None else index.split == split
+    for r in index[pick_rows & (index.annotation != "")].itertuples():
         x, mask = load_features(features_dir, r.video)
         lab = read_annotation(r.annotation)
         n = min(len(x), len(lab))
@@ -530,7 +550,17 @@ def pipeline_stages(dvc_yaml: str | Path = "dvc.yaml", params_yaml: str | Path =
     for name, st in (spec.get("stages") or {}).items():
         if "matrix" in st:
             keys = list(st["matrix"])
-            combos = [dict(zip(keys, vals)) for vals in itertools.product(*(st["matrix"][k] for k in keys))]
+
+            def values(v):  # a matrix axis may name a list in params.yaml: `variant: ${variants}`
+                m = re.fullmatch(r"\$\{\s*([\w.]+)\s*\}", v) if isinstance(v, str) else None
+                if m:
+                    obj = params
+                    for part in m.group(1).split("."):
+                        obj = obj[part]
+                    return obj
+                return v
+
+            combos = [dict(zip(keys, vals)) for vals in itertools.product(*(values(st["matrix"][k]) for k in keys))]
             items = [({**params, "item": c}, name + "@" + "-".join(str(c[k]) for k in keys)) for c in combos]
             body = st
         elif "foreach" in st:
@@ -596,3 +626,81 @@ def environment() -> pd.DataFrame:
     except ImportError:  # pragma: no cover
         pass
     return pd.DataFrame(rows, columns=["component", "version"])
+
+
+# --------------------------------------------------------------------------- the signal ladder
+LEVEL_LABELS = {"ceiling": "label ceiling", "oracle": "oracle features", "mae": "MAE features"}
+
+
+def protocol_note(cfg) -> str:
+    """One paragraph saying which protocol made the numbers (Markdown)."""
+    if cfg.protocol == "clean":
+        return ("**Protocol: clean** (the default). The MAE encoder was fine-tuned on the labels of "
+                f"{cfg.folds.encoder_fraction:.0%} of the official training groups, drawn with seed "
+                f"{cfg.folds.seed}; those videos train every fold and validate none, so no label of a video "
+                "that scores a model reached that model, features included. Fold 0 is the official split; "
+                "folds 1-5 validate on the remaining training and validation videos.")
+    return ("**Protocol: paper** (the authors'). The MAE encoder was fine-tuned on the labels of every "
+            "official training video, and folds 1-5 validate on those videos too: their features were "
+            "made with their own labels, so folds 1-5 are optimistic. The test split and fold 0 are clean.")
+
+
+def _cell(r) -> str:
+    return fmt_ci(r.ccc, r.lo, r.hi)
+
+
+def ladder_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """Rows: variant; columns: (rung, target) 'CCC [lo, hi]' and the seed spread, one split."""
+    t = table[table.split == split].copy()
+    t["cell"] = [_cell(r) for r in t.itertuples()]
+    ceil = t[t.level == "ceiling"]
+    body = t[t.level != "ceiling"]
+    wide = body.pivot_table(index="variant", columns=["level", "target"], values="cell", aggfunc="first")
+    order = [v for v in VARIANTS if v in wide.index]
+    wide = wide.reindex(order)
+    levels = [lv for lv in ("oracle", "mae") if lv in wide.columns.get_level_values(0)]
+    wide = wide[[(lv, tg) for lv in levels for tg in ("valence", "arousal")]]
+    wide.columns = [f"{LEVEL_LABELS[lv]}: {tg}" for lv, tg in wide.columns]
+    sd = body.pivot_table(index="variant", columns=["level", "target"], values="seed_sd").reindex(order)
+    for lv in levels:
+        wide[f"seed s.d. ({lv}: v / a)"] = [f"{sd.loc[v, (lv, 'valence')]:.3f} / {sd.loc[v, (lv, 'arousal')]:.3f}"
+                                           for v in order]
+    wide.index = [VARIANT_LABELS.get(v, v) for v in order]
+    if len(ceil):
+        row = {c: "" for c in wide.columns}
+        for r in ceil.itertuples():
+            for lv in levels:
+                row[f"{LEVEL_LABELS[lv]}: {r.target}"] = _cell(r)
+        wide.loc["label ceiling (latent vs labels)"] = row
+    return wide
+
+
+def ladder_shares(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """oracle / ceiling and MAE / oracle per variant and target (point estimates)."""
+    t = table[table.split == split]
+    rows = []
+    ceil = {r.target: r.ccc for r in t[t.level == "ceiling"].itertuples()}
+    for v in [v for v in VARIANTS if v in set(t.variant)]:
+        row = {"variant": VARIANT_LABELS.get(v, v)}
+        for tg in ("valence", "arousal"):
+            o = t[(t.variant == v) & (t.level == "oracle") & (t.target == tg)].ccc
+            m = t[(t.variant == v) & (t.level == "mae") & (t.target == tg)].ccc
+            if len(o) and tg in ceil:
+                row[f"oracle / ceiling: {tg}"] = round(float(o.iloc[0]) / ceil[tg], 3)
+            if len(o) and len(m):
+                row[f"MAE / oracle: {tg}"] = round(float(m.iloc[0]) / float(o.iloc[0]), 3)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def comparison_table(comp: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """Paired differences a - b (mean over folds and seeds) with intervals; 'holds' when the
+    interval excludes 0."""
+    c = comp[comp.split == split].copy()
+    if c.empty:
+        return pd.DataFrame()
+    c["difference [95% CI]"] = [fmt_ci(r.diff, r.lo, r.hi) for r in c.itertuples()]
+    c["excludes 0"] = np.where((c.lo > 0) | (c.hi < 0), "yes", "no")
+    c["comparison"] = [f"{VARIANT_LABELS.get(a, a)} - {VARIANT_LABELS.get(b, b)}" for a, b in zip(c.a, c.b)]
+    c["rung"] = c.level.map(LEVEL_LABELS)
+    return c.set_index(["rung", "comparison", "target"])[["difference [95% CI]", "excludes 0"]]

@@ -82,6 +82,21 @@ def lr_factor(step: int, warmup_steps: int, period_steps: int, mult: int = 1, mi
     return min_ratio + (1.0 - min_ratio) * (1.0 + math.cos(math.pi * t / period)) / 2.0
 
 
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups as mamba-ssm makes them: tensors flagged ``_no_weight_decay`` (the
+    Mamba block's ``A_log`` and ``D``) get no weight decay, every other tensor gets ``weight_decay``.
+    Decaying ``A_log`` would pull every state's decay rate towards exp(0) = 1, i.e. shorten the
+    memory the scan was initialised with."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if getattr(p, "_no_weight_decay", False) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order of the ``n`` training windows in ``epoch``: a function of (seed, epoch) only."""
     return np.random.default_rng([seed, epoch]).permutation(n)
@@ -231,7 +246,7 @@ def fit(
     spe = math.ceil(len(train_set) / tc.batch_size)
     total = tc.epochs * spe
     points = eval_points(spe, tc.evals_per_epoch)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(optimizer_groups(model, tc.weight_decay), lr=tc.lr)
     warm, period = tc.warmup_epochs * spe, tc.restart_epochs * spe
     ratio = tc.min_lr / tc.lr
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -346,60 +361,121 @@ def fit(
 
 
 # --------------------------------------------------------------------------- the stage
+LEVELS = ("mae", "oracle")  # the signal ladder's trained rungs: MAE features, the twin's rendered parameters
+
+
 def fingerprint_of(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run(cfg, variant: str, fold: int, progress: bool = True, interrupt_at: int | None = None) -> dict:
-    """The ``train`` stage for one (variant, fold): read index, folds and features; train; write."""
+def seeds_of(tc) -> list[int]:
+    """The seeds of every (variant, fold): ``train.seed``, ``train.seed + 1``, ... (``train.seeds`` of them).
+    The first is the primary seed: its evaluation is the one Tables 1 and 2 report."""
+    return [tc.seed + i for i in range(tc.seeds)]
+
+
+def level_features(cfg, level: str) -> str:
+    """The feature store a ladder level trains on."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
+    return cfg.features.dir if level == "mae" else cfg.ladder.oracle_dir
+
+
+def level_skipped(cfg, level: str) -> str | None:
+    """Why a level does not run (the oracle needs the twin's ground truth), or None."""
+    if level == "oracle" and cfg.data.source != "synthetic":
+        return f"the oracle level needs the twin's ground truth; data.source is {cfg.data.source}"
+    return None
+
+
+def train_dir(cfg, level: str, variant: str, fold: int, seed: int) -> Path:
+    """``<train.out>/<level>/<variant>/fold<k>/seed<s>/``: best.pt, train_metrics.json, logs/."""
+    return Path(cfg.train.out) / level / variant / f"fold{fold}" / f"seed{seed}"
+
+
+def _content_hash(paths) -> str:
+    from mambava.features.extract import file_sha256
+
+    return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()[:16]
+
+
+def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = None, progress: bool = True,
+        interrupt_at: int | None = None, cache: dict | None = None) -> dict:
+    """Train one (level, variant, fold, seed) (``seed`` None: the primary seed) and write its folder.
+
+    A folder whose ``train_metrics.json`` carries the same fingerprint (settings, videos and the
+    content of their features and labels) is finished: it is not trained again. ``cache`` lets a
+    caller that trains several runs share the loaded videos and their hashes.
+    """
     from mambava.data.affwild2 import load_index
     from mambava.data.windows import fold_videos, read_folds
     from mambava.features.extract import feature_path
-    from mambava.inference import build_model, load_videos, resolve_device, run_dir, scan_backend, variant_model_config
+    from mambava.inference import build_model, load_videos, resolve_device, scan_backend, variant_model_config
 
     tc = cfg.train
+    seed = tc.seed if seed is None else seed
+    tc = tc.model_copy(update={"seed": seed})
     set_threads(tc.threads)
     ddp, device = distributed.setup(resolve_device(cfg.device))  # torchrun: this rank's place and device
-    mcfg = variant_model_config(cfg.model, variant)
-    index = load_index(cfg.data.index)
-    train_names, val_names = fold_videos(read_folds(cfg.folds.file), fold)
-    if not train_names or not val_names:
-        raise ValueError(f"{cfg.folds.file}: fold {fold} has {len(train_names)} train and {len(val_names)} validation videos")
-    train_videos = load_videos(index, train_names, cfg.features.dir)
-    val_videos = load_videos(index, val_names, cfg.features.dir)
+    feats_dir = level_features(cfg, level)
+    cache = {} if cache is None else cache
+    key = ("fold", fold)
+    if key not in cache:
+        index = load_index(cfg.data.index)
+        train_names, val_names = fold_videos(read_folds(cfg.folds.file), fold)
+        if not train_names or not val_names:
+            raise ValueError(f"{cfg.folds.file}: fold {fold} has {len(train_names)} train and {len(val_names)} validation videos")
+        rows = index.set_index("video")
+        files = [feature_path(feats_dir, v) for v in train_names + val_names]
+        files += [a for a in rows.loc[train_names + val_names, "annotation"] if isinstance(a, str) and a]
+        cache[key] = (train_names, val_names, load_videos(index, train_names, feats_dir),
+                      load_videos(index, val_names, feats_dir), _content_hash(files))
+    train_names, val_names, train_videos, val_videos, data_hash = cache[key]
     dim = train_videos[0].features.shape[1]
+    mcfg = variant_model_config(cfg.model, variant)
+    if level != "mae":  # the oracle store has its own width
+        mcfg = mcfg.model_copy(update={"input_dim": dim})
     if dim != mcfg.input_dim:
         raise ValueError(
-            f"{feature_path(cfg.features.dir, train_names[0])}: features are {dim}-d but model.input_dim is "
+            f"{feature_path(feats_dir, train_names[0])}: features are {dim}-d but model.input_dim is "
             f"{mcfg.input_dim} (set model.input_dim to the encoder's embed_dim)"
         )
     w, s = (tc.window_fold0, tc.stride_fold0) if fold == 0 else (tc.window, tc.stride)
+    out = train_dir(cfg, level, variant, fold, seed)
+    parts = {
+        "train": tc.model_dump(exclude={"threads", "out", "seeds", "workers"}), "model": mcfg.model_dump(),
+        "evaluate": cfg.evaluate.model_dump(include={"inference", "window", "stride"}),
+        "level": level, "variant": variant, "fold": fold, "train_videos": train_names, "val_videos": val_names,
+        "data": data_hash,
+    }
+    fingerprint = fingerprint_of(parts)
+    done = out / "train_metrics.json"
+    if done.exists() and (out / "best.pt").exists():
+        prev = json.loads(done.read_text())
+        if prev.get("fingerprint") == fingerprint:
+            log.info("%s: finished earlier with the same settings and data; kept", out)
+            return prev
     train_set = Windows(train_videos, w, s, tc.last_window)
-
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(seed)
     model = build_model(mcfg)
     n_params = sum(p.numel() for p in model.parameters())
     backend = scan_backend(mcfg, device)
-    out = run_dir(tc.out, variant, fold)
-    parts = {
-        "train": tc.model_dump(exclude={"threads", "out"}), "model": mcfg.model_dump(),
-        "evaluate": cfg.evaluate.model_dump(include={"inference", "window", "stride"}),
-        "variant": variant, "fold": fold, "train_videos": train_names, "val_videos": val_names,
-        "features": [os.stat(feature_path(cfg.features.dir, v)).st_size for v in train_names + val_names],
-    }
     log.info(
-        "train %s fold %d on %s (scan %s): %d videos, %d windows of %d/%d, %d validation videos, %.2fM parameters%s",
-        variant, fold, device, backend, len(train_names), len(train_set), w, s, len(val_names), n_params / 1e6,
+        "train %s/%s fold %d seed %d on %s (scan %s): %d videos, %d windows of %d/%d, %d validation videos, %.3fM parameters%s",
+        level, variant, fold, seed, device, backend, len(train_names), len(train_set), w, s, len(val_names), n_params / 1e6,
         f"; rank {ddp.rank} of {ddp.world_size} ({ddp.backend})" if ddp.enabled else "",
     )
+    if ddp.is_main:
+        done.unlink(missing_ok=True)
     summary = fit(
         model, train_set, val_videos, tc, cfg.evaluate, device, out,
-        fingerprint=fingerprint_of(parts),
-        extra_best={"model_cfg": mcfg.model_dump(), "variant": variant, "fold": fold},
+        fingerprint=fingerprint,
+        extra_best={"model_cfg": mcfg.model_dump(), "variant": variant, "fold": fold, "level": level, "seed": seed},
         progress=progress, interrupt_at=interrupt_at, ddp=ddp,
     )
     metrics = {
         **summary,
+        "level": level,
         "variant": variant,
         "fold": fold,
         "n_params": n_params,
@@ -408,17 +484,71 @@ def run(cfg, variant: str, fold: int, progress: bool = True, interrupt_at: int |
         "n_train_windows": len(train_set),
         "window": w,
         "stride": s,
-        **environment(device, backend, tc.seed),
+        "fingerprint": fingerprint,
+        **environment(device, backend, seed),
         **peak_memory(),
         **({"world_size": ddp.world_size, "dist_backend": ddp.backend} if ddp.enabled else {}),
     }
     if ddp.is_main:
-        atomic_write_text(out / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(done, json.dumps(metrics, indent=2) + "\n")
         log.info(
             "%s: best CCC_v %.4f CCC_a %.4f at step %d; %.1f s", out, metrics["ccc_valence"],
             metrics["ccc_arousal"], metrics["best_step"], metrics["seconds"],
         )
     return metrics
+
+
+_JOB_CACHE: dict = {}  # per worker process: the loaded videos of the folds it has trained
+
+
+def _train_job(args) -> dict:
+    cfg, variant, level, fold, seed, progress = args
+    cache = _JOB_CACHE.setdefault((level, fold), {})
+    return run(cfg, variant, fold, level, seed, progress=progress, cache=cache)
+
+
+def parallel_map(fn, items: list, workers: int | None) -> list:
+    """``[fn(x) for x in items]`` in up to ``workers`` forked processes (1 or None: in this one).
+
+    Each run is independent and seeded, and pins its own threads (``train.threads``), so the
+    results do not depend on the number of workers (up to float32 rounding, ~1e-8 in our tests);
+    on a 2-core machine two single-threaded runs at once use both cores. Forked workers share the
+    parent's imports (no second start-up)."""
+    if not workers or workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=mp.get_context("fork")) as pool:
+        return list(pool.map(fn, items))
+
+
+def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None = None, progress: bool = True) -> dict:
+    """The ``train`` stage of one (level, variant): every fold and seed in this process (one start-up
+    instead of one per run; finished runs are kept, see :func:`run`). Writes the summary
+    ``<train.out>/<level>/<variant>.json`` (best validation CCCs per fold and seed) and returns it."""
+    from mambava.data.windows import read_folds
+
+    root = Path(cfg.train.out) / level
+    summary_path = root / f"{variant}.json"
+    why = level_skipped(cfg, level)
+    if why:
+        log.warning("train %s/%s skipped: %s", level, variant, why)
+        (root / variant).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(summary_path, json.dumps({"skipped": why}, indent=2) + "\n")
+        return {"skipped": why}
+    if folds is None:
+        k = int(read_folds(cfg.folds.file)["cv_fold"].max())
+        folds = range(0, k + 1)
+    jobs = [(fold, seed) for fold in folds for seed in seeds_of(cfg.train)]
+    # under torchrun all ranks train every run together (DDP), so the runs go one after another
+    workers = 1 if distributed.from_env()[1] > 1 else cfg.train.workers
+    results = parallel_map(_train_job, [(cfg, variant, level, f, s, progress) for f, s in jobs], workers)
+    runs = {f"fold{f}/seed{s}": {k: m[k] for k in ("ccc_valence", "ccc_arousal", "p_va", "best_step")}
+            for (f, s), m in zip(jobs, results)}
+    results = {"level": level, "variant": variant, "runs": runs}
+    atomic_write_text(summary_path, json.dumps(results, indent=2) + "\n")
+    return results
 
 
 def load_best(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:

@@ -10,8 +10,9 @@ Generative process
 ------------------
 **Videos.** ``n_videos`` people; ``n_pairs`` of them are two-person videos stored as
 ``video<k>_left`` / ``video<k>_right`` (same length, scene and lighting; different people and
-emotions). Lengths are log-uniform in ``[min_frames, max_frames]`` (an order of magnitude at the
-default 300-3,000) at ``fps`` frames per second. Videos (pairs as one unit) are split into
+emotions). Lengths are log-uniform in ``[min_frames, max_frames]`` at ``fps`` frames per second
+(default 300-8,000 frames, 10 s to 4.5 min, a factor of 27; Aff-Wild2 averages about 5,000 frames
+and reaches tens of thousands: ``max_frames`` sets how far the twin goes). Videos (pairs as one unit) are split into
 train / validation / test by ``split_fractions``; names imitate Aff-Wild2's (``123-30-1280x720``).
 
 **Identity** (fixed per person): face width and height, skin tone, hair colour and style (short,
@@ -26,14 +27,26 @@ of a few seconds cannot see whole.
 **Expression** (what a single frame shows, each with frame-level noise and a slow nuisance
 drift, so one frame is an unreliable witness):
 
-- valence -> mouth curvature (smile / frown) and brow tilt (inner brows raised when negative);
-- arousal -> eye openness (weakly) and mouth opening.
+- valence -> mouth curvature (smile / frown) and brow tilt (inner brows raised when negative),
+  with a nuisance of time constant 2 s: valence is mostly visible in single frames;
+- arousal -> eye openness and the jaw at rest, both weakly (0.12 a and 0.04 a) and each with a
+  nuisance of time constant 15 s, so that a few seconds of frames cannot tell a calm moment of
+  an excitable person from a calm person; tens of seconds average the nuisance away.
 
-**Temporal-only evidence** of arousal (invisible in any single frame):
+**Temporal-only evidence** of arousal (invisible in any single frame, and noisy over a few
+seconds, so that it pays to look back over tens of seconds to minutes):
 
-- blink *rate* rises with arousal (0.15 to 1 blink/s; a blink closes the eyes for ~5 frames);
-- head *motion energy*: the head follows an AR(1) jitter whose innovation grows with arousal;
-- talking bursts: the mouth opens and closes at ~4 Hz, more strongly when aroused.
+- blink *rate* rises with arousal (0.15 to 1 blink/s; a blink closes the eyes for ~5 frames):
+  a 2-second window holds 0-2 blinks, a minute holds 9-60;
+- head *motion energy*: the head follows an AR(1) jitter whose innovation grows with arousal,
+  times a restlessness that wanders on its own (log-normal, sd 0.6 in log, time constant 20 s);
+- talking bursts: the mouth opens and closes at ~4 Hz, more strongly when aroused, with a
+  loudness that wanders on its own (time constant 15 s).
+
+How much of arousal each time scale recovers is measured, not assumed: the blink count over 2 s
+correlates with the mean arousal of those 2 s at about 0.34, over a minute at about 0.8
+(tests/test_synthetic.py); what the temporal models make of it is the ladder's oracle rung
+(mambava.ladder, the book's Ladder page).
 
 **Nuisance** varying across and within videos: head pose (yaw, pitch, roll as slow random
 walks), directional lighting (drifting angle and strength), blur episodes, occlusions (a hand or
@@ -228,7 +241,9 @@ def expression_track(rng: np.random.Generator, latent: np.ndarray, fps: float) -
     # Static evidence, noisy frame by frame and with a slow nuisance drift.
     tr["mouth_curve"] = np.clip(0.85 * v + rng.normal(0, 0.25, n) + _smooth_noise(rng, n, 2 * sec, 0.2), -1.3, 1.3)
     tr["brow_tilt"] = np.clip(-0.7 * v + rng.normal(0, 0.35, n) + _smooth_noise(rng, n, 2 * sec, 0.2), -1.3, 1.3)
-    eye = 0.62 + 0.18 * a + rng.normal(0, 0.15, n) + _smooth_noise(rng, n, 3 * sec, 0.1)
+    # Arousal's static cues are weak and carry a slow nuisance (tau 6 s): a few seconds of frames
+    # cannot tell a tired moment from a calm person; tens of seconds average the nuisance away.
+    eye = 0.62 + 0.12 * a + rng.normal(0, 0.15, n) + _smooth_noise(rng, n, 15 * sec, 0.12)
     # Blinks: a Poisson process whose rate follows arousal (temporal evidence only).
     rate = 0.15 + 0.85 * a01**1.5  # blinks per second
     onsets = rng.random(n) < rate / fps
@@ -240,12 +255,16 @@ def expression_track(rng: np.random.Generator, latent: np.ndarray, fps: float) -
     tr["eye_open"] = np.clip(eye, 0.25, 1.1) * blink
     tr["blink_onset"] = onsets.astype(np.float32)
     # Talking bursts: mouth opening oscillates at ~4 Hz, more strongly with arousal.
-    talking = (_smooth_noise(rng, n, 1.5 * sec, 1.0) > 0.3).astype(float)
+    talking = (_smooth_noise(rng, n, 1.5 * sec, 1.0) > 0.3).astype(float) * np.exp(_smooth_noise(rng, n, 15 * sec, 0.5))
     phase = np.cumsum(2 * np.pi * rng.uniform(3.0, 5.0) / fps * np.ones(n))
     osc = 0.5 * (1 + np.sin(phase))
-    tr["mouth_open"] = np.clip(0.05 + 0.08 * a + talking * (0.15 + 0.35 * a01) * osc + rng.normal(0, 0.03, n), 0, 0.8)
-    # Head motion: AR(1) jitter whose innovation grows with arousal (temporal evidence only).
-    sd = 0.0015 + 0.012 * a01**2
+    rest = 0.05 + 0.04 * a + _smooth_noise(rng, n, 15 * sec, 0.035)  # the jaw at rest, slow nuisance
+    tr["mouth_open"] = np.clip(rest + talking * (0.15 + 0.35 * a01) * osc + rng.normal(0, 0.03, n), 0, 0.8)
+    # Head motion: AR(1) jitter whose innovation grows with arousal (temporal evidence only),
+    # times a restlessness that wanders on its own (log-normal, tau 20 s): motion over a second or
+    # two says little; its level over tens of seconds follows arousal.
+    restless = np.exp(_smooth_noise(rng, n, 20 * sec, 0.6))
+    sd = (0.0015 + 0.012 * a01**2) * restless
     jit = np.zeros((n, 3))
     for t in range(1, n):
         jit[t] = 0.85 * jit[t - 1] + sd[t] * rng.normal(0, 1, 3) * np.array([1.0, 1.0, 12.0])
@@ -324,7 +343,7 @@ class Renderer:
             d.polygon(_rot(_ellipse(1.18 * rx, 1.12 * ry) + [0, 0.25 * ry], centre, roll), fill=ident.hair)
         d.polygon(_rot(_ellipse(rx, ry), centre, roll), fill=skin)
         if ident.hair_style in (0, 1):
-            cap = _ellipse(1.04 * rx, 0.62 * ry, 24, np.pi, 2 * np.pi) + [0, -0.42 * ry]
+            cap = _ellipse(1.04 * rx, 0.62 * ry, 24, np.pi, 2 * np.pi) + [0, -0.56 * ry]  # fringe above the brows
             d.polygon(_rot(cap, centre, roll), fill=ident.hair)
         # eyes
         eye_y = -0.12 * ry + fy
@@ -341,9 +360,9 @@ class Renderer:
                 d.line(_rot(almond[:11], centre, roll), fill=(60, 40, 30), width=2)
             # brows: tilt > 0 raises the inner end (sad / worried), < 0 lowers it (angry)
             by = eye_y - 2.2 * ident.eye_size * B - 0.05 * ry * max(p["eye_open"] - 0.6, 0) * 3
-            inner = np.array([ex - side * 0.9 * ew, by - p["brow_tilt"] * 0.11 * ry])
-            outer = np.array([ex + side * 1.1 * ew, by + p["brow_tilt"] * 0.04 * ry])
-            d.line(_rot(np.stack([inner, outer]), centre, roll), fill=tuple(int(c * 0.5) for c in ident.hair), width=max(2, B // 60))
+            inner = np.array([ex - side * 0.9 * ew, by - p["brow_tilt"] * 0.16 * ry])
+            outer = np.array([ex + side * 1.1 * ew, by + p["brow_tilt"] * 0.05 * ry])
+            d.line(_rot(np.stack([inner, outer]), centre, roll), fill=tuple(int(c * 0.4) for c in ident.hair), width=max(3, B // 32))
         # nose
         d.line(_rot(np.array([[fx * 1.1, -0.02 * ry + fy], [fx * 1.25 + 0.02 * rx, 0.2 * ry + fy]]), centre, roll), fill=dark, width=2)
         # mouth: corners rise with curvature; opening shows a dark gap
@@ -351,14 +370,14 @@ class Renderer:
         my = 0.45 * ry + fy
         xs = np.linspace(-mw, mw, 17)
         u = (xs / mw) ** 2
-        upper = my - p["mouth_curve"] * 0.2 * ry * u
+        upper = my - p["mouth_curve"] * 0.3 * ry * u
         lower = upper + p["mouth_open"] * 0.35 * ry * (1 - u)
         lip = (150, 60, 60)
         if p["mouth_open"] > 0.04:
             poly = np.concatenate([np.stack([xs + fx, upper], 1), np.stack([xs[::-1] + fx, lower[::-1]], 1)])
-            d.polygon(_rot(poly, centre, roll), fill=(70, 20, 25), outline=lip)
+            d.polygon(_rot(poly, centre, roll), fill=(70, 20, 25), outline=lip, width=max(3, B // 40))
         else:
-            d.line(_rot(np.stack([xs + fx, upper], 1), centre, roll), fill=lip, width=max(2, B // 70))
+            d.line(_rot(np.stack([xs + fx, upper], 1), centre, roll), fill=lip, width=max(3, B // 32))
         # occlusion: a hand (skin) or an object (dark) over eyes, mouth, cheek or forehead
         if p["occlusion"] > 0:
             region = int(p["occlusion"]) - 1

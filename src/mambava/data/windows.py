@@ -40,7 +40,7 @@ import pandas as pd
 
 UNLABELLED = -5.0
 LastWindow = Literal["pad", "drop", "shift"]
-FOLD_COLUMNS = ["video", "split", "group", "n_frames", "cv_fold"]
+FOLD_COLUMNS = ["video", "split", "group", "n_frames", "cv_fold", "encoder"]
 _PAIR_RE = re.compile(r"^(.*)_(left|right)$")
 
 
@@ -190,13 +190,24 @@ def group_of(video: str) -> str:
     return m.group(1) if m else video
 
 
-def make_folds(index: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.DataFrame:
+def make_folds(index: pd.DataFrame, n_splits: int = 5, seed: int = 42, protocol: str = "paper",
+               encoder_fraction: float = 0.5) -> pd.DataFrame:
     """Assign every train/validation video a cross-validation fold 1..n_splits (module doc).
 
     index: the data index (columns ``video, split, n_frames`` at least). Returns a table with
-    columns ``video, split, group, n_frames, cv_fold`` in index order; test videos get 0.
-    Deterministic in (the set of videos, n_splits, seed); independent of row order.
+    columns ``video, split, group, n_frames, cv_fold, encoder`` in index order; test videos get
+    cv_fold 0. ``encoder`` (0/1) marks the videos whose labels fine-tune the MAE encoder:
+
+    - protocol ``paper``: every official training video (the authors' set-up). Folds 1..k then
+      validate on videos whose labels made the features: the scores are optimistic;
+    - protocol ``clean``: a seeded ``encoder_fraction`` of the official training groups. These
+      videos get cv_fold 0: they train every fold and validate none, so no validation (or test)
+      video's labels reach the features of the model that scores it. Fold 0 is unchanged.
+
+    Deterministic in (the set of videos, n_splits, seed, protocol, fraction); independent of row order.
     """
+    if protocol not in ("paper", "clean"):
+        raise ValueError(f"unknown protocol {protocol!r}; choose clean or paper")
     missing = {"video", "split", "n_frames"} - set(index.columns)
     if missing:
         raise ValueError(f"index lacks columns {sorted(missing)}")
@@ -209,6 +220,17 @@ def make_folds(index: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.Dat
     mixed = pool.groupby("group")["split"].nunique()
     if (mixed > 1).any():  # the official split keeps pairs together; say so if a copy does not
         raise ValueError(f"groups split across train and validation: {sorted(mixed[mixed > 1].index)}")
+    train_groups = sorted(set(pool.loc[pool["split"] == "train", "group"]))
+    if protocol == "paper":
+        encoder_groups = set(train_groups)
+    else:
+        n_enc = max(1, min(len(train_groups), round(encoder_fraction * len(train_groups))))
+        n_enc = min(n_enc, len(sizes) - n_splits)  # keep enough groups to validate on
+        if n_enc < 1:
+            raise ValueError(f"{len(sizes)} train/validation groups: too few for {n_splits} folds and encoder videos")
+        pick = np.random.default_rng([seed, 1]).permutation(len(train_groups))[:n_enc]
+        encoder_groups = {train_groups[i] for i in pick}
+        sizes = sizes.drop(sorted(encoder_groups))
     rng = np.random.default_rng(seed)
     groups = list(sizes.index[rng.permutation(len(sizes))])
     # largest first (stable, so equal sizes keep the seeded order), each to the lightest fold
@@ -222,6 +244,7 @@ def make_folds(index: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.Dat
         load[f] += int(sizes[g])
         count[f] += 1
     df["cv_fold"] = [fold_of.get(g, 0) if s != "test" else 0 for g, s in zip(df["group"], df["split"])]
+    df["encoder"] = [int(g in encoder_groups and s == "train") for g, s in zip(df["group"], df["split"])]
     return df[FOLD_COLUMNS].reset_index(drop=True)
 
 
@@ -262,7 +285,7 @@ def read_folds(path: str | Path) -> pd.DataFrame:
 def fold_summary(folds: pd.DataFrame) -> dict:
     """Videos and frames per CV fold, for the stage's metrics file."""
     pool = folds[folds["split"] != "test"]
-    out = {"n_splits": int(pool["cv_fold"].max())}
+    out = {"n_splits": int(pool["cv_fold"].max()), "encoder_videos": int(folds["encoder"].sum())}
     for f, part in pool.groupby("cv_fold"):
         out[f"fold{f}_videos"] = int(len(part))
         out[f"fold{f}_frames"] = int(part["n_frames"].sum())
@@ -274,7 +297,8 @@ def run_folds(cfg) -> pd.DataFrame:
     from mambava.data.affwild2 import load_index
     from mambava.io import write_json
 
-    folds = make_folds(load_index(cfg.data.index), cfg.folds.n_splits, cfg.folds.seed)
+    folds = make_folds(load_index(cfg.data.index), cfg.folds.n_splits, cfg.folds.seed, cfg.protocol,
+                       cfg.folds.encoder_fraction)
     path = Path(cfg.folds.file)
     write_folds(folds, path)
     write_json(path.with_suffix(".json"), fold_summary(folds))

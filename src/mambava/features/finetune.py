@@ -119,6 +119,31 @@ def predict(model: FrameVA, loader, device: torch.device, progress: bool = True)
     return np.clip(np.concatenate(out), -1, 1)
 
 
+def within_video(labels: np.ndarray, video_of: np.ndarray) -> np.ndarray:
+    """Each video's labels minus that video's mean label: (N, 2) -> (N, 2).
+
+    With a few dozen people, a frame regressor learns who is in the frame and predicts that
+    person's average mood: identity explains a large share of the labels and is easy to see. The
+    within-video targets leave identity nothing to explain, so the gradient only rewards what
+    changes within a video: the expression. A smile still maps to positive valence (the slope is
+    the same), so the features keep the absolute reading a temporal model needs."""
+    out = np.asarray(labels, dtype=np.float32).copy()
+    for k in np.unique(video_of):
+        sel = video_of == k
+        out[sel] -= out[sel].mean(axis=0)
+    return out
+
+
+def fine_tune_videos(cfg) -> list[str]:
+    """The videos whose labels fine-tune the encoder: the ``encoder`` column of the folds file
+    (protocol clean: a seeded part of the official training videos that never validate; protocol
+    paper: every official training video)."""
+    from mambava.data.windows import read_folds
+
+    folds = read_folds(cfg.folds.file)
+    return list(folds.loc[folds["encoder"].astype(bool), "video"])
+
+
 def run(cfg) -> dict:
     """The `mae_finetune` stage (module doc)."""
     from mambava.metrics import ccc_va
@@ -137,7 +162,11 @@ def run(cfg) -> dict:
     model.to(device)
 
     index = load_index(cfg.data.index)
-    dirs, frames, video_of, labels = split_frames(index, "train", labelled=True)
+    encoder_videos = fine_tune_videos(cfg)
+    dirs, frames, video_of, labels = split_frames(index, "train", labelled=True, videos=encoder_videos)
+    log.info("fine-tuning on the labels of %d videos (protocol %s): %d frames", len(dirs), cfg.protocol, len(frames))
+    if fc.target == "within_video":
+        labels = within_video(labels, video_of)
     ds = FrameDataset(dirs, frames, video_of, spec.img_size, enc_cfg.mean, enc_cfg.std, labels=labels, hflip=True,
                       colour_seed=cfg.seed if fc.colour_augment else None)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -160,7 +189,11 @@ def run(cfg) -> dict:
     metrics = {
         **{k: round(v, 4) for k, v in scores.items()},
         "n_frames": int(len(vlabels)),
+        "protocol": cfg.protocol,
+        "n_encoder_videos": len(dirs),
+        "n_encoder_frames": int(len(frames)),
         "loss": fc.loss,
+        "target": fc.target,
         "colour_augment": fc.colour_augment,
         "freeze_blocks": fc.freeze_blocks,
         "depth": spec.depth,

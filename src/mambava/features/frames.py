@@ -120,13 +120,16 @@ class FrameDataset(Dataset):
         return x, i
 
 
-def split_frames(index, split: str, labelled: bool = False):
-    """All on-disk frames (within each video's n_frames) of the videos of one split.
+def split_frames(index, split: str, labelled: bool = False, videos=None):
+    """All on-disk frames (within each video's n_frames) of the videos of one split (and, when
+    ``videos`` is given, only of those videos).
 
     Returns (dirs, frames, video_of, labels or None). With ``labelled`` only frames with both
     valence and arousal annotated (not -5) are kept and their labels returned.
     """
     rows = index[index["split"] == split]
+    if videos is not None:
+        rows = rows[rows["video"].isin(set(videos))]
     dirs, frames, video_of, labels = [], [], [], []
     for _, row in rows.iterrows():
         on_disk = frames_on_disk(row["path"])

@@ -9,7 +9,9 @@ by small functions from the profile's ``ModelConfig``::
 - ``mamba_va``: the paper's model (TCN, Mamba);
 - ``no_tcn``: features go straight to a Linear(input_dim, d_model), then the Mamba stack;
 - ``no_mamba``: TCN and head only (``temporal: none``): what the TCN alone achieves;
-- ``transformer``: a Transformer encoder in place of the Mamba stack.
+- ``transformer``: a Transformer encoder in place of the Mamba stack;
+- ``frame``: no TCN and no temporal encoder: the head on each frame alone, the reference that
+  shows what any temporal model adds.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def no_mamba(cfg: ModelConfig) -> ModelConfig:
 @register_variant("transformer")
 def transformer(cfg: ModelConfig) -> ModelConfig:
     return _with(cfg, tcn=True, temporal="transformer")
+
+
+@register_variant("frame")
+def frame(cfg: ModelConfig) -> ModelConfig:
+    return _with(cfg, tcn=False, temporal="none")
 
 
 def list_variants() -> list[str]:

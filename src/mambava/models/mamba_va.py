@@ -101,7 +101,8 @@ class MambaVA(nn.Module):
         if cfg.temporal == "mamba":
             self.temporal = MambaStack(cfg)
         elif cfg.temporal == "transformer":
-            self.temporal = TransformerEncoder(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.dropout, cfg.causal)
+            self.temporal = TransformerEncoder(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.dropout, cfg.causal,
+                                               cfg.attention_window)
         else:
             self.temporal = nn.Identity()
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)

@@ -1,0 +1,237 @@
+"""The signal ladder: oracle features, the clean protocol, and the ladder's statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mambava.config import SyntheticConfig
+from mambava.data.affwild2 import build_index
+from mambava.data.synthetic import generate_twin
+from mambava.data.windows import fold_videos, make_folds
+from mambava.metrics import ccc
+
+SMALL = dict(n_videos=12, n_pairs=1, min_frames=60, max_frames=300, workers=1, seed=11,
+             missing_runs_per_1k=4.0, missing_rate=0.02)
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ladder")
+    cfg = SyntheticConfig(**SMALL)
+    root, labels, truth = tmp / "twin" / "affwild2", tmp / "twin" / "test_labels", tmp / "twin" / "truth"
+    generate_twin(cfg, root, labels, truth, "test_list.txt")
+    index = build_index(root, labels, "test_list.txt")
+    return tmp, root, truth, index
+
+
+# --------------------------------------------------------------------------- oracle features
+def test_oracle_features_are_the_rendered_parameters(twin):
+    """Read the truth file independently (np.load, by name) and compare column by column."""
+    from mambava.data.oracle import COLUMNS, build_oracle_store
+    from mambava.features.extract import load_features
+
+    tmp, root, truth, index = twin
+    out = tmp / "oracle"
+    summary = build_oracle_store(index, truth, out)
+    assert summary["dim"] == len(COLUMNS)
+    mean, std = np.array(summary["mean"]), np.array(summary["std"])
+    # the standardisation uses only the non-test videos: recompute it from the raw truth files
+    col = COLUMNS.index("mouth_curve")
+    raw = []
+    for v in index.loc[index.split != "test", "video"]:
+        z = np.load(truth / f"{v}.npz")
+        keep = ~z["missing"] & (z["occlusion"].round() != 2)  # mouth not covered
+        raw.append(z["mouth_curve"][keep])
+    assert mean[col] == pytest.approx(np.concatenate(raw).mean(), abs=1e-5)
+    for v in index.video:
+        feats, mask = load_features(out, v, mmap=False)
+        z = np.load(truth / f"{v}.npz")
+        assert feats.dtype == np.float16 and feats.shape == (len(z["mouth_curve"]), len(COLUMNS))
+        np.testing.assert_array_equal(mask, ~z["missing"])
+        x = feats.astype(np.float64) * std + mean  # back to the rendered units
+        seen = mask.copy()
+        occl = z["occlusion"].round().astype(int)
+        for name in ("brow_tilt", "eye_open", "mouth_open", "dx", "yaw", "blur"):
+            c = COLUMNS.index(name)
+            hidden = {"brow_tilt": (1, 4), "eye_open": (1,), "mouth_open": (2,)}.get(name, ())
+            ok = seen & ~np.isin(occl, hidden)
+            np.testing.assert_allclose(x[ok, c], z[name][ok], atol=2e-3 * max(1.0, std[c]) + 1e-3 * abs(mean[c]))
+            if hidden and (seen & np.isin(occl, hidden)).any():  # hidden parameters read as the mean
+                np.testing.assert_allclose(x[seen & np.isin(occl, hidden), c], mean[c], atol=1e-2 * std[c] + 1e-3)
+        c = COLUMNS.index("light_cos")
+        np.testing.assert_allclose(x[seen, c], np.cos(z["light_angle"][seen]), atol=5e-3)
+        for r, region in enumerate(("eyes", "mouth", "cheek", "forehead")):
+            c = COLUMNS.index(f"occluded_{region}")
+            np.testing.assert_allclose(x[seen, c], (occl[seen] == r + 1).astype(float), atol=5e-3)
+        # frames without a crop repeat the previous face frame, as the MAE features do
+        miss = np.flatnonzero(~mask)
+        if len(miss) and miss[0] > 0:
+            np.testing.assert_array_equal(feats[miss[0]], feats[miss[0] - 1])
+        # no latent state and no derived statistic is a column
+        assert not {"latent", "labels", "blink_onset", "motion_energy"} & set(COLUMNS)
+
+
+def test_label_ceiling_is_the_latent_at_label_time(twin):
+    from mambava.data.oracle import label_ceiling
+
+    tmp, root, truth, index = twin
+    test = list(index.loc[index.split == "test", "video"])
+    got = label_ceiling(index, truth, test)
+    preds, trues = [], []
+    for v in test:
+        z = np.load(truth / f"{v}.npz")
+        lag = int(z["lag_frames"])
+        lat = z["latent"]
+        preds.append(np.concatenate([np.repeat(lat[:1], lag, 0), lat[:-lag]]))
+        trues.append(z["labels"])
+    p, t = np.concatenate(preds), np.concatenate(trues)
+    assert got["ccc_valence"] == pytest.approx(ccc(p[:, 0], t[:, 0]), abs=1e-9)
+    assert got["ccc_arousal"] == pytest.approx(ccc(p[:, 1], t[:, 1]), abs=1e-9)
+    assert got["ccc_valence"] > 0.9 and got["ccc_arousal"] > 0.9  # only annotator noise remains
+
+
+# --------------------------------------------------------------------------- protocol
+def _pool_index(n_train=16, n_val=5, n_test=4):
+    rows = [(f"tr{i:02d}", "train", 100 + 7 * i) for i in range(n_train)]
+    rows += [(f"va{i}", "validation", 90 + 5 * i) for i in range(n_val)]
+    rows += [(f"te{i}", "test", 80) for i in range(n_test)]
+    rows += [("pair_left", "train", 120), ("pair_right", "train", 120)]
+    return pd.DataFrame(rows, columns=["video", "split", "n_frames"])
+
+
+def _leaks(folds: pd.DataFrame) -> list[str]:
+    """Every (fold, video) where a scored video's labels fine-tuned the encoder."""
+    enc = set(folds.loc[folds.encoder == 1, "video"])
+    out = [f"test:{v}" for v in folds.loc[folds.split == "test", "video"] if v in enc]
+    for f in range(int(folds.cv_fold.max()) + 1):
+        out += [f"fold{f}:{v}" for v in fold_videos(folds, f)[1] if v in enc]
+    return out
+
+
+def test_clean_protocol_keeps_validation_labels_out_of_the_encoder():
+    index = _pool_index()
+    clean = make_folds(index, 5, 42, "clean", 0.5)
+    assert _leaks(clean) == []
+    enc = set(clean.loc[clean.encoder == 1, "video"])
+    assert enc and enc <= set(index.loc[index.split == "train", "video"])
+    assert len(enc) == pytest.approx(0.5 * 17, abs=1)  # half of the 17 training groups (the pair is one)
+    assert ("pair_left" in enc) == ("pair_right" in enc)
+    # encoder videos train every fold
+    for f in range(6):
+        assert enc <= set(fold_videos(clean, f)[0])
+    # the paper's protocol is selectable and does leak: the same check catches it
+    paper = make_folds(index, 5, 42, "paper")
+    leaks = _leaks(paper)
+    assert leaks and all(not x.startswith(("test", "fold0")) for x in leaks)
+
+
+def test_fine_tuning_reads_only_encoder_labels(twin, monkeypatch):
+    """The fine-tuning stage's labelled frames come from the encoder videos alone: a spy on the
+    dataset it builds sees no frame of any fold's validation video or of a test video."""
+    from mambava.features import finetune
+
+    tmp, root, truth, index = twin
+    folds = make_folds(index, 3, 1, "clean", 0.5)
+    folds_file = tmp / "folds_clean.csv"
+    folds.to_csv(folds_file, index=False)
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    class Spy:
+        def __init__(self, dirs, frames, video_of, *a, labels=None, **k):
+            seen["videos"] = {str(d).rstrip("/").split("/")[-1] for d in dirs}
+            raise Stop
+
+    class Cfg:  # the few settings the stage reads before it builds the dataset
+        pass
+
+    monkeypatch.setattr(finetune, "FrameDataset", Spy)
+    monkeypatch.setattr(finetune, "load_index", lambda path: index)
+    cfg = Cfg()
+    cfg.folds = type("F", (), {"file": str(folds_file)})()
+    cfg.protocol = "clean"
+    assert set(finetune.fine_tune_videos(cfg)) == set(folds.loc[folds.encoder == 1, "video"])
+    from mambava.features.frames import split_frames
+
+    dirs, frames, video_of, labels = split_frames(index, "train", labelled=True, videos=finetune.fine_tune_videos(cfg))
+    used = {str(d).split("/")[-1] for d in dirs}
+    scored = set(index.loc[index.split == "test", "video"])
+    for f in range(int(folds.cv_fold.max()) + 1):
+        scored |= set(fold_videos(folds, f)[1])
+    assert used and not used & scored
+    with pytest.raises(Stop):
+        finetune.FrameDataset(dirs, frames, video_of, 32, (0, 0, 0), (1, 1, 1), labels=labels)
+    assert seen["videos"] == used
+
+
+# --------------------------------------------------------------------------- statistics
+def test_ccc_from_stats_matches_the_formula():
+    from mambava.ladder import ccc_from_stats, video_stats
+
+    rng = np.random.default_rng(0)
+    n = 500
+    truth = rng.uniform(-1, 1, (n, 2))
+    truth[rng.random(n) < 0.1, 1] = -5
+    pred = np.where(truth == -5, 0, truth) * 0.7 + rng.normal(0, 0.3, (n, 2))
+    df = pd.DataFrame({"video": np.repeat(["a", "b", "c", "d", "e"], 100), "valence": pred[:, 0], "arousal": pred[:, 1],
+                       "valence_true": truth[:, 0], "arousal_true": truth[:, 1]})
+    st = video_stats(df, ["a", "b", "c", "d", "e"]).sum(axis=0)
+    got = ccc_from_stats(st)
+    assert got[0] == pytest.approx(ccc(pred[:, 0], truth[:, 0]), abs=1e-9)
+    k = truth[:, 1] != -5
+    assert got[1] == pytest.approx(ccc(pred[k, 1], truth[k, 1]), abs=1e-9)
+
+
+def test_ladder_interval_holds_seed_variance():
+    """Two cells with the same mean: one whose seeds disagree gets the wider interval."""
+    from mambava.ladder import _draws, cell_scores
+
+    rng = np.random.default_rng(1)
+    n_vid = 8
+
+    def stats(noise):
+        out = []
+        for _ in range(3):  # seeds
+            per_video = []
+            for _ in range(n_vid):
+                y = rng.uniform(-1, 1, 200)
+                x = y + rng.normal(0, noise, 200)
+                per_video.append([[len(x), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()]] * 2)
+            out.append(per_video)
+        return np.array(out)
+
+    calm = [stats(0.3)]
+    # seeds that disagree: one good, one mediocre, one poor
+    wild = [np.stack([stats(0.1)[0], stats(0.6)[0], stats(1.2)[0]])]
+    vcounts, _ = _draws([n_vid], [1], 2000, 0, True)
+    _, pc = _draws([n_vid], [3], 2000, 5, True)
+    _, rc = cell_scores(calm, vcounts, pc)
+    _, rw = cell_scores(wild, vcounts, pc)
+    width = lambda r: np.subtract(*np.quantile(r[:, 0], [0.975, 0.025]))  # noqa: E731
+    assert width(rw) > 2 * width(rc)
+
+
+def test_leak_effect_is_the_frame_weighted_difference():
+    from mambava.leakage import leak_effect
+
+    rng = np.random.default_rng(3)
+    n = 30
+    pv = pd.DataFrame({"video": [f"v{i}" for i in range(n)], "n_frames": rng.integers(100, 1000, n),
+                       "leaked": np.arange(n) % 2 == 0, "official_train": np.arange(n) < 24})
+    base = rng.normal(0.4, 0.05, n)
+    pv["ccc_valence"] = base + np.where(pv.leaked, 0.2, 0.0)
+    pv["ccc_arousal"] = base
+    pv["p_va"] = (pv.ccc_valence + pv.ccc_arousal) / 2
+    e = leak_effect(pv, 500, 0)
+    part = pv[pv.official_train]
+    a, b = part[part.leaked], part[~part.leaked]
+    want = np.average(a.ccc_valence, weights=a.n_frames) - np.average(b.ccc_valence, weights=b.n_frames)
+    assert e["ccc_valence"]["diff"] == pytest.approx(want, abs=1e-4)
+    assert e["ccc_valence"]["lo"] > 0.1  # a real leak is detected
+    assert e["ccc_arousal"]["lo"] < 0 < e["ccc_arousal"]["hi"]  # no leak, no claim
+    assert e["n_leaked_videos"] == 12 and e["n_clean_videos"] == 12  # only official training videos compare
