@@ -22,12 +22,13 @@ def params(**train) -> dict:
         "device": "cpu",
         "data": {"index": "data/index.csv"},
         "features": {"dir": "data/features"},
+        "mae_pretrain": {"encoder": {"embed_dim": DIM, "num_heads": 2}},  # = model.input_dim (checked)
         "folds": {"file": "data/folds.csv", "n_splits": 2},
         "model": {"input_dim": DIM, "tcn_channels": [8, 8], "tcn_kernel": 3, "d_model": 8, "n_layers": 1,
                   "d_state": 4, "n_heads": 2, "head_hidden": 8, "dropout": 0.0},
         "train": {"seed": 0, "epochs": 3, "warmup_epochs": 1, "restart_epochs": 2, "batch_size": 5, "lr": 1e-2,
                   "window": 32, "stride": 32, "window_fold0": 48, "stride_fold0": 48, "evals_per_epoch": 2,
-                  "threads": 1, "seeds": 1, "workers": 1, "out": "runs", **train},
+                  "threads": 1, "out": "runs", "seeds": 1, "workers": 1, **train},
         "evaluate": {"n_boot": 0},
     }
 
@@ -74,12 +75,7 @@ stages:
       - model
       - train
     outs:
-      - runs/mae/${item.variant}/fold${item.fold}/seed${train.seed}/best.pt
+      - runs/mae/${item.variant}/fold${item.fold}/seed0/best.pt
     metrics:
-      - runs/mae/${item.variant}/fold${item.fold}/seed${train.seed}/train_metrics.json
+      - runs/mae/${item.variant}/fold${item.fold}/seed0/train_metrics.json
 """
-
-
-def run_dir(root: Path, variant: str, fold: int, seed: int = 0) -> Path:
-    """Where `mambava train` puts one run of the tiny project (level mae; train.out = runs)."""
-    return root / "runs" / "mae" / variant / f"fold{fold}" / f"seed{seed}"

@@ -152,6 +152,7 @@ def tiny_project(tmp_path, monkeypatch):
 device: cpu
 data: {{index: {tmp_path}/index.csv}}
 model: {{input_dim: 6}}
+mae_pretrain: {{encoder: {{embed_dim: 6}}}}  # = model.input_dim (checked)
 features: {{dir: {feats}}}
 folds: {{file: {tmp_path}/folds.csv, n_splits: 3}}
 train: {{out: {tmp_path}/models, epochs: 2, warmup_epochs: 1, restart_epochs: 1, lr: 1.0e-2, batch_size: 4,
@@ -203,25 +204,37 @@ def test_stages_end_to_end(tiny_project):
         assert sub[1].startswith("vid08/00001.jpg,")
         # the in-training validation used the same inference: its best CCC is the evaluated one
         assert tm["ccc_valence"] == pytest.approx(disk["ccc_valence"], abs=2e-5)
-        assert disk["n_params"] == tm["n_params"] and disk["seconds_per_epoch"] == tm["seconds_per_epoch"]
+        assert disk["n_params"] == tm["n_params"]
+        # measured costs: in train.timing.json (not hashed by DVC), joined by the report
+        timing = json.loads((out / "train.timing.json").read_text())
+        assert timing["seconds_per_epoch"] == tm["seconds_per_epoch"] and timing["peak_memory_mb"] > 0
+        for f in (out / "metrics.json", trained / "train_metrics.json"):
+            assert not {"seconds", "seconds_per_epoch", "peak_memory_mb"} & set(json.loads(f.read_text()))
+        from mambava.report import load_metrics
+
+        lm = load_metrics(root / "runs" / "mae").set_index("fold")
+        assert lm.at[fold, "seconds_per_epoch"] == timing["seconds_per_epoch"]
         # the sweep's whole-video row is the evaluated inference (whole) before rounding
         sweep = pd.read_csv(out / "window_sweep.csv", dtype={"window": str})
         assert list(sweep.window) == [*map(str, cfg.evaluate.sweep), "whole"]
         assert sweep.p_va.iloc[-1] == pytest.approx(disk["p_va"], abs=2e-5)
-    # two runs with one seed: identical metrics
-    first = json.loads((root / "runs" / "mae" / "mamba_va" / "fold2" / "metrics.json").read_text())
+    # two runs with one seed: the same bytes in every file DVC hashes (times are aside)
     import shutil
 
-    shutil.rmtree(root / "models" / "mae" / "mamba_va" / "fold2")  # train again from scratch
+    trained2 = root / "models" / "mae" / "mamba_va" / "fold2" / "seed42"
+    fold2 = root / "runs" / "mae" / "mamba_va" / "fold2"
+    hashed = {trained2: ("best.pt", "train_metrics.json", "logs/steps.csv"),
+              fold2: ("metrics.json", "predictions.csv", "test/metrics.json")}
+    before = {d / f: (d / f).read_bytes() for d, fs in hashed.items() for f in fs}
+    first = json.loads((fold2 / "metrics.json").read_text())
+    shutil.rmtree(trained2.parent)  # train again from scratch
     train.run(cfg, "mamba_va", 2, progress=False)
     evaluate.run(cfg, "mamba_va", 2)
-    again = json.loads((root / "runs" / "mae" / "mamba_va" / "fold2" / "metrics.json").read_text())
-    from mambava.evaluate import COST_KEYS
+    assert {p: p.read_bytes() for p in before} == before
+    again = json.loads((fold2 / "metrics.json").read_text())
 
-    def results(m):  # time and memory are measurements, not results
-        return {k: v for k, v in m.items() if k not in COST_KEYS}
-
-    assert results(first) == results(again)
+    def results(m):
+        return m
     # static plots and the results table
     from mambava import plots
 
@@ -275,6 +288,16 @@ def test_stage_runs_every_fold_and_seed_and_keeps_finished_runs(tiny_project):
     assert set(flat) >= {"fold3/seed43/test/p_va", "fold0/seed42/validation/ccc_arousal"}
     assert (root / "runs" / "mae" / "mamba_va" / "fold3" / "seed43" / "test" / "predictions.csv").exists()
     assert json.loads((root / "runs" / "mae" / "mamba_va.json").read_text()) == flat
+    # other training code (a fix in a model): the fingerprint sees it and the run trains again
+    stamp = (models / "fold1" / "seed43" / "best.pt").stat().st_mtime_ns
+    real = train.code_digest
+    train.code_digest = lambda: {**real(), "models/mamba.py": "edited"}
+    try:
+        train.run(cfg, "mamba_va", 1, seed=43, progress=False)
+    finally:
+        train.code_digest = real
+    assert (models / "fold1" / "seed43" / "best.pt").stat().st_mtime_ns != stamp
+    stamp = (models / "fold1" / "seed43" / "best.pt").stat().st_mtime_ns
     # same shape, other content: the fingerprint sees it and the run trains again
     f = cfg.features.dir + "/vid00.npy"
     x = np.load(f)

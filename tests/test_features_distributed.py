@@ -46,7 +46,7 @@ def test_two_processes_give_the_one_process_arrays_byte_for_byte(layout):
     r = _torchrun(_stage_params(root / "p2", index_path, out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(want) == 2 * len(VIDEOS) and _arrays(out) == want
-    s = json.loads((out / "_summary.json").read_text())
+    s = _summary(out)
     assert s["world_size"] == 2 and s["dist_backend"] == "gloo" and s["videos_written"] == len(VIDEOS)
     # balanced by frames, largest first to the lighter rank (n_frames 60,33,25,18,14,12,10,9):
     # rank A 60, B 33+25=58, B +18=76, A +14=74, A +12=86, B +10 (empty)=86, tie -> fewer videos: A +9=95.
@@ -54,6 +54,11 @@ def test_two_processes_give_the_one_process_arrays_byte_for_byte(layout):
     frames = sorted(r["frames_encoded"] for r in s["ranks"])
     assert frames == [31 + 23 + 16 + 0, 58 + 12 + 10 + 7]
     assert [r["videos_written"] for r in s["ranks"]] == [4, 4]
+
+
+def _summary(out):
+    """What the arrays are (_summary.json) and what the run did (features.timing.json)."""
+    return {**json.loads((out / "_summary.json").read_text()), **json.loads((out / "features.timing.json").read_text())}
 
 
 def test_killed_rank_is_redone_and_finished_videos_are_not(layout):
@@ -73,7 +78,7 @@ def test_killed_rank_is_redone_and_finished_videos_are_not(layout):
     r = _torchrun(params)
     assert r.returncode == 0, r.stderr[-3000:]
     assert _arrays(out) == want and not list(out.glob("*.tmp"))
-    s = json.loads((out / "_summary.json").read_text())
+    s = _summary(out)
     assert s["videos_skipped"] == len(finished) and s["videos_written"] == len(VIDEOS) - len(finished)
     for name, stamp in finished.items():  # never rewritten: same file, same modification time
         p = out / name
@@ -101,5 +106,5 @@ def test_two_nodes_with_c10d_rendezvous(layout):
     for n, (_, err) in zip(nodes, results):
         assert n.returncode == 0, err[-3000:]
     assert _arrays(out) == want
-    s = json.loads((out / "_summary.json").read_text())
+    s = _summary(out)
     assert s["world_size"] == 2 and [r["videos_written"] for r in s["ranks"]] == [4, 4]

@@ -58,12 +58,16 @@ def _params(tmp_path, index, **pretrain) -> str:
     params = {
         "device": "cpu",
         "data": {"index": str(index)},
+        "model": {"input_dim": enc["embed_dim"]},  # checked to match
         "mae_pretrain": {"encoder": enc, "steps": 3, "batch_size": 4, "warmup_steps": 1, "decoder_dim": 16,
                          "decoder_depth": 1, "decoder_heads": 2, "n_reconstructions": 3, "num_workers": 0,
                          "out": str(tmp_path / "pretrain"), **pretrain},
         "mae_finetune": {"freeze_blocks": 1, "steps": 3, "batch_size": 4, "warmup_steps": 1, "num_workers": 0,
                          "out": str(tmp_path / "finetune")},
         "features": {"dir": str(tmp_path / "features"), "batch_size": 16, "num_workers": 0},
+        # every training video fine-tunes the encoder (the clean protocol's split is tested in test_ladder)
+        "protocol": "paper",
+        "folds": {"file": str(tmp_path / "folds.csv"), "n_splits": 2},
     }
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -82,6 +86,9 @@ def test_three_stages_end_to_end(tmp_path):
     assert "decoder_pred.weight" in state and "blocks.1.attn.qkv.weight" in state  # fb/mae layout
 
     before = read_state_dict(tmp_path / "pretrain" / "checkpoint.pt")
+    from mambava.data.windows import run_folds
+
+    run_folds(cfg)
     m = finetune.run(cfg)
     assert set(m) >= {"ccc_valence", "ccc_arousal", "p_va", "n_frames"} and m["n_frames"] == 23
     assert json.loads((tmp_path / "finetune" / "metrics.json").read_text())["frozen_params"] == m["frozen_params"] > 0

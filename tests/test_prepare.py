@@ -30,6 +30,10 @@ def test_synthetic_then_affwild2_source(small_params, tmp_path, monkeypatch):
     assert (index.n_annotated[index.split == "test"] > 0).all()  # the twin's test labels are known
     summary = json.loads((tmp_path / "data" / "summary.json").read_text())
     assert summary["frames"] == index.n_frames.sum()
+    # the twin passes validation as it is: its test list sits at the root under the official name
+    from mambava.data.affwild2 import validate_layout
+
+    assert validate_layout("data/twin/affwild2") == []
 
     # A user with "real" data: copy the layout elsewhere, point data.root at it, no test labels.
     shutil.copytree("data/twin/affwild2", tmp_path / "real")

@@ -18,7 +18,9 @@ from pathlib import Path
 # (benchmarks/README.md). Must be set before either library is imported; a user's value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from mambava.checks import InputError
 from mambava.config import ConfigError, load_config
+from mambava.errors import UserError
 
 log = logging.getLogger("mambava")
 
@@ -46,6 +48,21 @@ def cmd_data_validate(args) -> int:
         return 1
     print(f"{args.root}: OK")
     return 0
+
+
+def cmd_data_crop(args) -> int:
+    from mambava.video.crop import run
+
+    cfg = _cfg(args).crop
+    summaries, errors = run(args.videos, args.out, cfg, n_faces=args.faces,
+                            workers=args.workers or cfg.workers, progress=not args.no_progress)
+    for s in summaries:
+        for f in s["faces"]:
+            print(f"{f['video']}: {f['frames']} frames, face in {f['frames_with_face']} "
+                  f"(detected {f['frames_detected']}, tracked {f['frames_tracked']}), {f['frames_per_second']} frames/s")
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 # --------------------------------------------------------------------------- model
@@ -138,6 +155,43 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="only this fold (repeatable; 0 = official split, 1..5 = CV folds); default: every fold")
 
 
+# --------------------------------------------------------------------------- own videos
+def _predictor(args):
+    if args.model:
+        from mambava.export import load_bundle
+        from mambava.inference import resolve_device
+
+        return load_bundle(args.model, resolve_device(_cfg(args).device if Path(args.params).exists() else "auto"))
+    if args.variant is None or args.fold is None:
+        raise SystemExit("error: give --model DIR (a bundle) or --variant and --fold (a run of this pipeline)")
+    from mambava.predict import from_run
+
+    return from_run(_cfg(args), args.variant, args.fold)
+
+
+def cmd_predict(args) -> int:
+    from mambava import predict
+
+    pred = _predictor(args)
+    if args.stream:
+        for src in args.inputs:
+            path = predict.run_stream(pred, src, args.out, n_faces=args.faces, overlay=args.overlay, echo=not args.quiet)
+            print(path)
+        return 0
+    for path in predict.run(pred, args.inputs, args.out, n_faces=args.faces, overlay=args.overlay,
+                            progress=not args.no_progress):
+        print(path)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from mambava.export import export
+
+    out = export(_cfg(args), args.variant, args.fold, args.out)
+    print(f"{out}: bundle written ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return 0
+
+
 # --------------------------------------------------------------------------- book
 def cmd_book_strip(args) -> int:
     from mambava.book import strip_notebook
@@ -186,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mambava", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("--profile", default=None, help="profile to apply over the defaults (e.g. paper)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="the data stage and tools").add_subparsers(dest="data_cmd", required=True)
@@ -196,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="folder holding cropped_aligned/ and annotations/")
     p.add_argument("--test-list", default=None, help="optional test video list to check against the frames")
     p.set_defaults(func=cmd_data_validate)
+    p = data.add_parser("crop", help="raw videos -> aligned face crops in the official layout (ROOT/cropped_aligned/)")
+    p.add_argument("--videos", required=True, help="a folder of videos (mp4, avi, mov, mkv) or one video file")
+    p.add_argument("--out", required=True, help="ROOT: crops go to ROOT/cropped_aligned/<video>/, logs to ROOT/crop_log/")
+    p.add_argument("--faces", type=int, default=1, choices=(1, 2), help="2: <video>_left and <video>_right")
+    p.add_argument("--workers", type=int, default=None, help="videos in parallel (default: crop.workers, else all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_crop)
 
     model = sub.add_parser("model", help="the temporal model").add_subparsers(dest="model_cmd", required=True)
     p = model.add_parser("summary", help="print the layer table and parameter count of a profile's model")
@@ -223,6 +284,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ladder)
     p = sub.add_parser("leakage", help="DVC stage `leakage`: how optimistic the paper's protocol is (randomised)")
     p.set_defaults(func=cmd_leakage)
+
+    p = sub.add_parser("predict", help="valence and arousal of your own videos (or cropped folders): CSV, PNG [, MP4]")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO",
+                   help="video files, cropped folders (00001.jpg ...), or with --stream a camera (/dev/video0, camera:0)")
+    p.add_argument("--model", default=None, help="a bundle folder written by `mambava export`")
+    p.add_argument("--variant", default=None, help="or a run of this pipeline: its variant ...")
+    p.add_argument("--fold", type=int, default=None, help="... and fold")
+    p.add_argument("--out", default="predictions", help="folder for <video>.csv, .png, .mp4 and crops/ (default: predictions)")
+    p.add_argument("--faces", type=int, default=1, choices=(1, 2), help="2: the left and right person of each frame")
+    p.add_argument("--overlay", action="store_true", help="also <video>.mp4 with the face box and the values drawn")
+    p.add_argument("--stream", action="store_true", help="one frame at a time (latency one frame); a file or a camera")
+    p.add_argument("--quiet", action="store_true", help="with --stream: do not print each frame's values")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a shareable bundle of a run: safetensors weights, settings, metrics, model card")
+    from mambava.config import VARIANTS
+
+    p.add_argument("--variant", required=True, choices=VARIANTS, help="model variant (ablation)")
+    p.add_argument("--fold", type=int, required=True, help="0 = official split, 1..5 = CV folds (MAE features, primary seed)")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plots", help="DVC stage `plots`: static PNGs of the training logs, results.csv")
     p.add_argument("--out", default="outputs/plots", help="folder for the images and results.csv")
@@ -265,9 +348,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as exc:
+        return report_error(exc, verbose=args.verbose)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# Errors a user can fix: a missing file, bad input data, a setting that cannot work, a diverged
+# run. They are printed as `error: <file>[:<line>]: <what>` lines, without a traceback, and exit
+# with code 2; anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (InputError, UserError, ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                   PermissionError)
+
+
+def error_message(exc: BaseException) -> str:
+    """The message of an expected error; OS errors as `<file>: <reason>`."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def report_error(exc: BaseException, verbose: bool = False) -> int:
+    if verbose:
+        import traceback
+
+        traceback.print_exception(exc)
+    for line in error_message(exc).splitlines():
+        if line.strip():
+            print(f"error: {line}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,10 +21,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mambava.checks import InputError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A problem in params.yaml, with the file, line and key that caused it."""
 
 
@@ -192,6 +194,28 @@ class FeaturesConfig(Section):
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA only
 
 
+# --------------------------------------------------------------------------- raw video
+class CropConfig(Section):
+    """Face crops from raw video (``mambava data crop``, ``mambava predict``; mambava.video).
+
+    The geometry must match the crops the encoder was trained on: the twin's faces have their
+    eyes 0.20 of the crop apart at 0.49 of its height; Aff-Wild2's 112x112 crops follow the
+    five-point template of ArcFace (eyes 0.315 apart at 0.46), the paper profile's values.
+    """
+
+    size: int = Field(112, ge=16)  # crop side in pixels (the official crops: 112)
+    eye_distance: float = Field(0.20, gt=0, lt=1)  # eye distance / crop side
+    eye_y: float = Field(0.49, gt=0, lt=1)  # height of the eye line / crop side
+    max_gap_s: float = Field(0.5, ge=0)  # detector misses bridged by tracking, at most this long
+    smooth_min_cutoff: float = Field(1.0, gt=0)  # One Euro filter: Hz at rest (lower: steadier)
+    smooth_beta: float = Field(1.5, ge=0)  # One Euro filter: how fast it follows motion
+    work_size: int = Field(360, ge=64)  # frames scaled to this shorter side for detection
+    min_face: float = Field(0.12, gt=0, lt=1)  # smallest face / shorter side
+    jpeg_quality: int = Field(90, ge=10, le=100)
+    workers: int | None = Field(None, ge=1)  # videos in parallel; null = all cores
+    fps: float = Field(30.0, gt=0)  # frame rate of an already cropped folder (for time_s)
+
+
 # --------------------------------------------------------------------------- book
 class BookConfig(Section):
     """The book's notebooks (notebooks/*.ipynb, executed by papermill into book/notebooks/).
@@ -293,6 +317,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     ladder: LadderConfig = LadderConfig()
+    crop: CropConfig = CropConfig()
     book: BookConfig = BookConfig()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -374,11 +399,14 @@ def load_config(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}:1: the top level must be a mapping of sections")
+    duplicates = _duplicate_keys(text)
+    if duplicates:
+        raise ConfigError("invalid parameters:\n" + "\n".join(f"{path}:{m}" for m in duplicates))
     lines = _line_map(text)
 
     # Validate the defaults alone first, so an error names the right place in the file.
     try:
-        Config.model_validate(raw)
+        _check_settings(Config.model_validate(raw), path, lines, ())
     except ValidationError as exc:
         raise ConfigError("invalid parameters:\n" + _format_errors(exc, path, lines, ())) from None
 
@@ -392,7 +420,7 @@ def load_config(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -
         merged = _deep_merge(raw, overlay or {})
         merged["profile"] = pname
         try:
-            Config.model_validate(merged)
+            _check_settings(Config.model_validate(merged), path, lines, ("profiles", pname), pname)
         except ValidationError as exc:
             raise ConfigError(
                 f"invalid parameters in profile {pname!r}:\n"
@@ -401,3 +429,70 @@ def load_config(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -
     effective = _deep_merge(raw, profiles.get(name) or {}) if name != "default" else raw
     effective = dict(effective, profile=name)
     return Config.model_validate(effective)
+
+
+# --------------------------------------------------------------------------- checks across keys
+def settings_problems(cfg: Config) -> list[tuple[list[tuple], str]]:
+    """Settings that are each valid but cannot work together: (key paths involved, message)."""
+    out: list[tuple[list[tuple], str]] = []
+    m, enc = cfg.model, cfg.mae_pretrain.encoder
+    if m.input_dim != enc.embed_dim:
+        out.append(([("model", "input_dim"), ("mae_pretrain", "encoder", "embed_dim")],
+                    f"model.input_dim ({m.input_dim}) must equal mae_pretrain.encoder.embed_dim ({enc.embed_dim}), "
+                    "the width of the features the temporal model reads"))
+    for w, st in (("window", "stride"), ("window_fold0", "stride_fold0")):
+        if getattr(cfg.train, st) > getattr(cfg.train, w):
+            out.append(([("train", st), ("train", w)],
+                        f"train.{st} ({getattr(cfg.train, st)}) is longer than train.{w} ({getattr(cfg.train, w)}): "
+                        "the frames between windows would never be trained on"))
+    if cfg.evaluate.stride > cfg.evaluate.window:
+        out.append(([("evaluate", "stride"), ("evaluate", "window")],
+                    f"evaluate.stride ({cfg.evaluate.stride}) is longer than evaluate.window ({cfg.evaluate.window}): "
+                    "the frames between windows would get no prediction"))
+    for key in ("variant", "reference"):
+        value = getattr(cfg.book, key)
+        if value not in VARIANTS:
+            out.append(([("book", key)], f"book.{key}: unknown variant {value!r} (one of {', '.join(VARIANTS)})"))
+    return out
+
+
+def _check_settings(cfg: Config, path: Path, lines: dict[tuple, int], prefix: tuple, profile: str | None = None) -> Config:
+    """Raise ConfigError for :func:`settings_problems`, each at the line of the first key
+    involved that the profile overlay (``prefix``) sets, else at its line among the defaults."""
+    msgs = []
+    for keys, what in settings_problems(cfg):
+        line = next((lines[prefix + k] for k in keys if prefix and prefix + k in lines), None)
+        if line is None:
+            line = next((lines[k] for k in keys if k in lines), None)
+        where = f"{path}:{line}" if line else str(path)
+        msgs.append(f"{where}: {what}" + (f" (in profile {profile!r})" if profile else ""))
+    if msgs:
+        raise ConfigError("invalid parameters:\n" + "\n".join(msgs))
+    return cfg
+
+
+def _duplicate_keys(text: str) -> list[str]:
+    """``LINE: key: duplicate key`` for every key repeated in one mapping (YAML loaders keep the
+    last silently, so a setting written twice would be half-ignored)."""
+    out: list[str] = []
+
+    def walk(node: yaml.Node, keys: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                line = key_node.start_mark.line + 1
+                dotted = ".".join(map(str, keys + (key_node.value,)))
+                if key_node.value in seen:
+                    out.append(f"{line}: {dotted}: duplicate key (first set at line {seen[key_node.value]}; "
+                               "only one would be used)")
+                else:
+                    seen[key_node.value] = line
+                walk(value_node, keys + (key_node.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, keys + (i,))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return out

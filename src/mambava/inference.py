@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mambava.checks import InputError, require_finite
 from mambava.config import VARIANTS
 from mambava.data.windows import UNLABELLED, Video, pad_to, window_starts
 
@@ -87,18 +88,20 @@ def load_videos(index: pd.DataFrame, names: Sequence[str], features_dir: str | P
     rows = index.set_index("video")
     missing = [v for v in names if v not in rows.index]
     if missing:
-        raise KeyError(f"videos not in the index: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise InputError(f"videos not in the index: {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                         "(folds or features from another index? rerun `dvc repro`)")
     videos = []
     for name in names:
         fp = feature_path(features_dir, name)
         if not Path(fp).exists():
             raise FileNotFoundError(f"{fp}: features missing for video {name} (run `dvc repro features`)")
         feats, _mask = load_features(features_dir, name)
+        require_finite(feats, f"{fp} (row i = frame i+1; re-extract with `dvc repro -f features`)")
         ann = rows.at[name, "annotation"]
         if isinstance(ann, str) and ann:
             labels = read_annotation(ann)
             if len(labels) != len(feats):
-                raise ValueError(f"{name}: {fp} has {len(feats)} frames but {ann} has {len(labels)} label lines")
+                raise InputError(f"{fp}: {len(feats)} frames but {ann} has {len(labels)} label lines (video {name})")
         else:
             labels = np.full((len(feats), 2), UNLABELLED, dtype=np.float32)
         videos.append(Video(name, feats, labels))
@@ -139,6 +142,7 @@ def predict_video(
                 seg[fresh] = yy[: len(seg)][fresh]
     else:
         raise ValueError(f"unknown inference {inference!r}; choose whole or windows")
+    require_finite(out, "model predictions")  # before the clip, which would turn inf into +-1
     return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 

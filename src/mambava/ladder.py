@@ -178,20 +178,13 @@ def ceiling_replicates(index: pd.DataFrame, truth: str | Path, fold_sets, n_boot
     """The label ceiling as (point (2,), replicates (n_boot, 2)): the mean over ``fold_sets`` (lists
     of videos) of the CCC of the latent at label time against the labels, under the ladder's
     video bootstrap (``shared``: one draw for all sets, as for the test split)."""
-    from mambava.data.affwild2 import read_annotation
-    from mambava.data.oracle import load_truth
+    from mambava.data.oracle import latent_and_labels
 
-    rows = index.set_index("video")
     per_fold = []
     for videos in fold_sets:
         frames = []
         for v in videos:
-            t = load_truth(Path(truth) / f"{v}.npz")
-            lat, lag = np.asarray(t["latent"], dtype=np.float64), int(t["lag_frames"])
-            n = len(lat)
-            at_label = lat[np.clip(np.arange(n) - lag, 0, n - 1)]
-            ann = rows.at[v, "annotation"]
-            lab = read_annotation(ann) if isinstance(ann, str) and ann else np.asarray(t["labels"])
+            at_label, lab = latent_and_labels(index, truth, v)
             frames.append(pd.DataFrame({"video": v, "valence": at_label[:, 0], "arousal": at_label[:, 1],
                                         "valence_true": lab[:, 0], "arousal_true": lab[:, 1]}))
         per_fold.append(video_stats(pd.concat(frames), list(videos))[None])  # one "seed"

@@ -7,7 +7,9 @@ label is -5 (not annotated) are excluded. P_VA = (CCC_valence + CCC_arousal) / 2
 
 Constant inputs: when the denominator is 0 (both series constant and equal) the CCC is
 undefined; we return 0.0 for it, as a prediction carrying no information, rather than NaN.
-A constant prediction against varying labels gives 0 by the formula itself.
+A constant prediction against varying labels gives 0 by the formula itself. Non-finite
+predictions (NaN, inf) are refused with :class:`mambava.checks.NonFiniteError`: a diverged
+model must not score 0 and carry on.
 
 ``ccc`` (numpy, float64) is for evaluation; ``ccc_torch``/``ccc_loss`` (torch, differentiable)
 are for training. Both share the masking convention.
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from mambava.checks import require_finite
 
 UNLABELLED = -5.0
 
@@ -33,6 +37,7 @@ def ccc(pred, true) -> float:
     true = np.asarray(true, dtype=np.float64).ravel()
     if pred.shape != true.shape:
         raise ValueError(f"ccc: shapes differ: pred {pred.shape} vs true {true.shape}")
+    require_finite(pred, "ccc: predictions")
     keep = label_mask(true)
     x, y = pred[keep], true[keep]
     if x.size == 0:
@@ -103,6 +108,7 @@ def bootstrap_ccc(
     """
     pred = np.asarray(pred, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
+    require_finite(pred, "bootstrap_ccc: predictions")  # not to be taken for an empty resample below
     groups = np.asarray(groups)
     uniq, inverse = np.unique(groups, return_inverse=True)
     order = np.argsort(inverse, kind="stable")

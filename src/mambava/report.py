@@ -30,6 +30,7 @@ import pandas as pd
 import yaml
 
 from mambava.config import VARIANTS
+from mambava.io import read_timing
 from mambava.metrics import bootstrap_ccc, ccc, ccc_va, label_mask
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
@@ -94,7 +95,8 @@ def load_metrics(runs: str | Path, split: str = "validation") -> pd.DataFrame:
     for r in discover_runs(runs).itertuples():
         path = run_dir(runs, r.variant, r.fold, split) / "metrics.json"
         if split != "test" or path.exists():
-            rows.append({"variant": r.variant, "fold": r.fold, **_flat(json.loads(path.read_text()))})
+            timing = read_timing(path.parent, "train") if split != "test" else {}  # measured costs
+            rows.append({"variant": r.variant, "fold": r.fold, **timing, **_flat(json.loads(path.read_text()))})
     return pd.DataFrame(rows)
 
 
@@ -318,8 +320,8 @@ def ladder_test_row(ladder: pd.DataFrame, variant: str, level: str = "mae") -> d
     return out
 
 
-# The cost columns of the authors' later LightMamba ablation table, as evaluate copies them from
-# train_metrics.json into metrics.json, plus where the run ran.
+# The cost columns of the authors' later LightMamba ablation table: the parameters (metrics.json)
+# and the measured time and memory (train.timing.json), plus where the run ran.
 COST_KEYS = ("n_params", "seconds_per_epoch", "peak_memory_mb", "peak_cuda_mb", "device", "scan_backend")
 
 

@@ -20,8 +20,8 @@ Files in ``<train.out>/<variant>/fold<k>/``:
 
 - ``best.pt``: ``{"model": state_dict, "model_cfg": dict, "variant", "fold", "step", ...}``,
   loadable with ``torch.load(..., weights_only=True)``;
-- ``train_metrics.json``: best validation CCCs and step, time per epoch, peak memory, device,
-  scan backend, versions, seed;
+- ``train_metrics.json``: best validation CCCs and step, device, scan backend, versions, seed;
+- ``train.timing.json``: seconds, seconds per epoch, peak memory (not hashed by DVC: .dvcignore);
 - ``logs/steps.csv`` (step, epoch, lr, loss, grad_norm) and ``logs/evals.csv`` (step, epoch,
   ccc_valence, ccc_arousal, p_va): DVC plots.
 """
@@ -46,10 +46,13 @@ import torch
 from torch import nn
 
 from mambava import distributed
+from mambava.checks import NonFiniteError, check_training_step
 from mambava.data.sharding import window_share
 from mambava.data.windows import UNLABELLED, Video, Windows, pad_to
 from mambava.io import write_text as atomic_write_text
+from mambava.io import write_timing
 from mambava.metrics import ccc_loss, ccc_va
+from mambava.resume import content_digest, pause_point
 
 log = logging.getLogger("mambava.train")
 
@@ -258,6 +261,7 @@ def fit(
     step_rows: list[list] = []
     eval_rows: list[list] = []
     last_path, best_path = out / "last.pt", out / "best.pt"
+    best_ck = None  # the best.pt content so far, also kept in last.pt (DVC deletes best.pt on rerun)
     d = ddp
     _seed_rank(tc.seed, d)
     ck = torch.load(last_path, map_location="cpu", weights_only=True) if last_path.exists() else None
@@ -274,6 +278,8 @@ def fit(
                 _set_rng_state(ck["rng"])
             step, elapsed, best = int(ck["step"]), float(ck["elapsed"]), dict(ck["best"])
             step_rows, eval_rows = [list(r) for r in ck["steps"]], [list(r) for r in ck["evals"]]
+            best_ck = ck.get("best_checkpoint")
+            _restore_outputs(out, best_ck, step_rows, eval_rows)
             log.info("%s: resuming at step %d of %d", last_path, step, total)
         elif d.is_main:
             log.warning("%s: from other settings or data; starting afresh", last_path)
@@ -301,6 +307,7 @@ def fit(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+        check_training_step(step + 1, loss.item(), grad_norm, x, pred)  # NaN/inf: stop, name the cause
         lr = opt.param_groups[0]["lr"]
         opt.step()
         sched.step()
@@ -312,16 +319,17 @@ def fit(
         if (k + 1) in points:
             rng = distributed.gather(d, _rng_state())  # every rank's, for a resume on as many ranks
         if (k + 1) in points and d.is_main:
-            r = validate(model, val_videos, device, eval_cfg)
+            try:
+                r = validate(model, val_videos, device, eval_cfg)
+            except NonFiniteError as exc:
+                raise NonFiniteError(f"training stopped at step {step}: validation: {exc}") from None
             eval_rows.append([step, round(step / spe, 4), r["ccc_valence"], r["ccc_arousal"], r["p_va"]])
             score = r["ccc_valence"] + r["ccc_arousal"]
             if score > best["score"]:
                 best = {"score": score, "step": step, **r}
-                atomic_torch_save(
-                    {"model": model.state_dict(), "step": step, **(extra_best or {}),
-                     "metrics": {k2: float(v) for k2, v in r.items()}},
-                    best_path,
-                )
+                best_ck = {"model": {k2: v.detach().clone() for k2, v in model.state_dict().items()},
+                           "step": step, **(extra_best or {}), "metrics": {k2: float(v) for k2, v in r.items()}}
+                atomic_torch_save(best_ck, best_path)
             elapsed = time.perf_counter() - t0
             write_rows(out / "logs" / "steps.csv", STEP_COLUMNS, step_rows)
             write_rows(out / "logs" / "evals.csv", EVAL_COLUMNS, eval_rows)
@@ -331,12 +339,13 @@ def fit(
                     "epoch": epoch, "elapsed": elapsed, "model": model.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng[0],
                     **({"rng_ranks": rng} if d.enabled else {}),
-                    "best": best, "steps": step_rows, "evals": eval_rows,
+                    "best": best, "steps": step_rows, "evals": eval_rows, "best_checkpoint": best_ck,
                 },
                 last_path,
             )
         if (k + 1) in points:
             distributed.barrier(d)  # the others wait for rank 0's validation and checkpoint
+        pause_point(step)  # test hook (MAMBAVA_TEST_PAUSE): wait here to be killed
         if interrupt_at is not None and step == interrupt_at:
             bar.close()
             raise Interrupted(f"interrupted after step {step}")
@@ -360,12 +369,33 @@ def fit(
     }
 
 
+def _restore_outputs(out: Path, best_ck: dict | None, step_rows: list, eval_rows: list) -> None:
+    """Rewrite best.pt and the logs from a resumed state: DVC deleted them before the rerun."""
+    if best_ck is not None:
+        atomic_torch_save(best_ck, out / "best.pt")
+    write_rows(out / "logs" / "steps.csv", STEP_COLUMNS, step_rows)
+    write_rows(out / "logs" / "evals.csv", EVAL_COLUMNS, eval_rows)
+
+
 # --------------------------------------------------------------------------- the stage
 LEVELS = ("mae", "oracle")  # the signal ladder's trained rungs: MAE features, the twin's rendered parameters
 
 
 def fingerprint_of(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def code_digest() -> dict[str, str]:
+    """SHA-256 of the code a run's numbers depend on (training loop, models, windows, metrics,
+    inference): a finished run is kept only if this code is unchanged too."""
+    import mambava.data.windows
+    import mambava.inference
+    import mambava.metrics
+    import mambava.models
+
+    files = [Path(__file__), Path(mambava.data.windows.__file__), Path(mambava.inference.__file__),
+             Path(mambava.metrics.__file__), *sorted(Path(mambava.models.__file__).parent.glob("*.py"))]
+    return content_digest(files)
 
 
 def seeds_of(tc) -> list[int]:
@@ -391,12 +421,6 @@ def level_skipped(cfg, level: str) -> str | None:
 def train_dir(cfg, level: str, variant: str, fold: int, seed: int) -> Path:
     """``<train.out>/<level>/<variant>/fold<k>/seed<s>/``: best.pt, train_metrics.json, logs/."""
     return Path(cfg.train.out) / level / variant / f"fold{fold}" / f"seed{seed}"
-
-
-def _content_hash(paths) -> str:
-    from mambava.features.extract import file_sha256
-
-    return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()[:16]
 
 
 def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = None, progress: bool = True,
@@ -426,10 +450,16 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
         if not train_names or not val_names:
             raise ValueError(f"{cfg.folds.file}: fold {fold} has {len(train_names)} train and {len(val_names)} validation videos")
         rows = index.set_index("video")
-        files = [feature_path(feats_dir, v) for v in train_names + val_names]
-        files += [a for a in rows.loc[train_names + val_names, "annotation"] if isinstance(a, str) and a]
+        # the content of every input file (re-extracted features of the same shape are other data)
+        data_hash = {
+            "features": content_digest(feature_path(feats_dir, v) for v in train_names + val_names),
+            "annotations": content_digest(a for a in rows.loc[train_names + val_names, "annotation"]
+                                          if isinstance(a, str) and a),
+            "folds": content_digest([cfg.folds.file]),
+            "code": code_digest(),
+        }
         cache[key] = (train_names, val_names, load_videos(index, train_names, feats_dir),
-                      load_videos(index, val_names, feats_dir), _content_hash(files))
+                      load_videos(index, val_names, feats_dir), data_hash)
     train_names, val_names, train_videos, val_videos, data_hash = cache[key]
     dim = train_videos[0].features.shape[1]
     mcfg = variant_model_config(cfg.model, variant)
@@ -465,8 +495,7 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
         level, variant, fold, seed, device, backend, len(train_names), len(train_set), w, s, len(val_names), n_params / 1e6,
         f"; rank {ddp.rank} of {ddp.world_size} ({ddp.backend})" if ddp.enabled else "",
     )
-    if ddp.is_main:
-        done.unlink(missing_ok=True)
+    done.unlink(missing_ok=True)
     summary = fit(
         model, train_set, val_videos, tc, cfg.evaluate, device, out,
         fingerprint=fingerprint,
@@ -486,16 +515,18 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
         "stride": s,
         "fingerprint": fingerprint,
         **environment(device, backend, seed),
-        **peak_memory(),
         **({"world_size": ddp.world_size, "dist_backend": ddp.backend} if ddp.enabled else {}),
     }
+    # measured, not computed: beside the metrics in a file DVC does not hash (mambava.io)
+    timing = {**{k: metrics.pop(k) for k in ("seconds", "seconds_per_epoch")}, **peak_memory()}
     if ddp.is_main:
         atomic_write_text(done, json.dumps(metrics, indent=2) + "\n")
+        write_timing(out, "train", timing)
         log.info(
             "%s: best CCC_v %.4f CCC_a %.4f at step %d; %.1f s", out, metrics["ccc_valence"],
-            metrics["ccc_arousal"], metrics["best_step"], metrics["seconds"],
+            metrics["ccc_arousal"], metrics["best_step"], timing["seconds"],
         )
-    return metrics
+    return {**metrics, **timing}
 
 
 _JOB_CACHE: dict = {}  # per worker process: the loaded videos of the folds it has trained
@@ -541,13 +572,14 @@ def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None =
         k = int(read_folds(cfg.folds.file)["cv_fold"].max())
         folds = range(0, k + 1)
     jobs = [(fold, seed) for fold in folds for seed in seeds_of(cfg.train)]
-    # under torchrun all ranks train every run together (DDP), so the runs go one after another
+    # under torchrun the ranks share each run (DDP); forked workers would split them again
     workers = 1 if distributed.from_env()[1] > 1 else cfg.train.workers
     results = parallel_map(_train_job, [(cfg, variant, level, f, s, progress) for f, s in jobs], workers)
     runs = {f"fold{f}/seed{s}": {k: m[k] for k in ("ccc_valence", "ccc_arousal", "p_va", "best_step")}
             for (f, s), m in zip(jobs, results)}
     results = {"level": level, "variant": variant, "runs": runs}
-    atomic_write_text(summary_path, json.dumps(results, indent=2) + "\n")
+    if distributed.from_env()[0] == 0:
+        atomic_write_text(summary_path, json.dumps(results, indent=2) + "\n")
     return results
 
 

@@ -29,16 +29,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mambava.checks import InputError, is_hidden, read_text_lines
+
 CROPS = "cropped_aligned"
 ANNOTATIONS = Path("annotations") / "VA_Estimation_Challenge"
 SPLIT_DIRS = {"train": "Train_Set", "validation": "Validation_Set"}
 HEADER = "valence,arousal"
 UNLABELLED = -5.0
 FRAME_RE = re.compile(r"^(\d{5})\.jpg$")
+OFFICIAL_TEST_LIST = "test_set_release.txt"  # the organisers' list of test videos, at the root
 INDEX_COLUMNS = ["video", "split", "n_frames", "n_frames_on_disk", "n_annotated", "path", "annotation"]
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError):
     """An annotation file that cannot be read; the message names file and line."""
 
 
@@ -47,14 +50,23 @@ def frame_path(video_dir: str | Path, i: int) -> Path:
     return Path(video_dir) / f"{i:05d}.jpg"
 
 
-def frames_on_disk(video_dir: str | Path) -> np.ndarray:
-    """Sorted 1-based frame numbers of the correctly named JPEGs in a video folder."""
+def frames_on_disk(video_dir: str | Path, strict: bool = True) -> np.ndarray:
+    """Sorted 1-based frame numbers of the correctly named JPEGs in a video folder.
+
+    Other files are ignored (``mambava data validate`` reports them); a frame numbered 00000
+    raises :class:`InputError`, since frame numbers are 1-based and 0 would be read as the last
+    frame of the video (``strict=False``: it is left out instead).
+    """
     numbers = []
     with os.scandir(video_dir) as it:
         for entry in it:
             m = FRAME_RE.match(entry.name)
             if m:
                 numbers.append(int(m.group(1)))
+    if 0 in numbers and not strict:
+        numbers.remove(0)
+    if 0 in numbers:
+        raise InputError(f"{frame_path(video_dir, 0)}: frame number 0 (frame names are 1-based: 00001.jpg is the first)")
     return np.array(sorted(numbers), dtype=np.int64)
 
 
@@ -62,10 +74,11 @@ def check_annotation_lines(path: Path) -> tuple[np.ndarray | None, list[str]]:
     """Parse an annotation file line by line; return (labels or None, problems with file:line)."""
     problems: list[str] = []
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [f"{path}: cannot read: {exc}"]
-    lines = text.splitlines()
+        lines = read_text_lines(path)  # byte-order mark, CRLF and blank last lines accepted
+    except InputError as exc:
+        return None, [str(exc)]
+    except OSError as exc:
+        return None, [f"{path}: cannot read: {exc.strerror or exc}"]
     if not lines:
         return None, [f"{path}:1: empty file (expected the header '{HEADER}')"]
     if lines[0].strip().replace(" ", "") != HEADER:
@@ -106,8 +119,11 @@ def read_annotation(path: str | Path) -> np.ndarray:
     Raises AnnotationError naming the file and line of the first problems.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: annotation file not found")
     try:  # fast path: pandas' C parser; any irregularity falls back to the line-wise check
-        df = pd.read_csv(path, dtype=np.float32)
+        # (blank lines are kept as NaN rows here, so one in the middle is reported, not skipped)
+        df = pd.read_csv(path, dtype=np.float32, skip_blank_lines=False)
         if list(df.columns) == ["valence", "arousal"]:
             arr = df.to_numpy(dtype=np.float32)
             ok = np.isfinite(arr).all() and ((arr == UNLABELLED) | ((arr >= -1) & (arr <= 1))).all()
@@ -139,13 +155,35 @@ def _fmt(x: float) -> str:
 
 
 def read_test_list(path: str | Path) -> list[str]:
-    """Video names from an organisers' test list (one per line; blank lines and # ignored)."""
+    """Video names from an organisers' test list (one per line; blank lines and # ignored).
+
+    Raises :class:`InputError` naming the line of text that is not UTF-8 or of a name that
+    cannot be a video folder, FileNotFoundError when the file is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: test list not found")
     names = []
-    for line in Path(path).read_text().splitlines():
+    for lineno, line in enumerate(read_text_lines(path), 1):
         line = line.strip()
         if line and not line.startswith("#"):
-            names.append(line.removesuffix(".txt").removesuffix(".mp4").removesuffix(".avi"))
+            name = line.removesuffix(".txt").removesuffix(".mp4").removesuffix(".avi")
+            if "/" in name or "\\" in name or "," in name:
+                raise InputError(f"{path}:{lineno}: {line[:60]!r} is not a video name (one name per line)")
+            names.append(name)
     return names
+
+
+def annotation_files(folder: Path) -> list[Path]:
+    """The ``<video>.txt`` files of an annotation folder, stray hidden files left out."""
+    return sorted(p for p in folder.glob("*.txt") if not is_hidden(p.name))
+
+
+def default_test_list(root: Path, test_list: str | None) -> str | None:
+    """``test_list`` as given, else the official list when it sits at the root, else None."""
+    if test_list is None and (Path(root) / OFFICIAL_TEST_LIST).is_file():
+        return OFFICIAL_TEST_LIST
+    return test_list
 
 
 # --------------------------------------------------------------------------- index
@@ -157,7 +195,7 @@ def build_index(root: str | Path, test_labels: str | Path | None = None, test_li
         folder = root / ANNOTATIONS / sub
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: annotation folder missing (is data.root = {root} right?)")
-        for ann in sorted(folder.glob("*.txt")):
+        for ann in annotation_files(folder):
             rows.append(_index_row(root, ann.stem, split, ann))
     if test_list is not None and (root / test_list).is_file():
         for name in read_test_list(root / test_list):
@@ -166,7 +204,8 @@ def build_index(root: str | Path, test_labels: str | Path | None = None, test_li
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     dup = index["video"][index["video"].duplicated()]
     if len(dup):
-        raise ValueError(f"videos listed in more than one split: {sorted(set(dup))[:10]}")
+        where = [f"{v} ({', '.join(index.split[index.video == v])})" for v in sorted(set(dup))[:10]]
+        raise InputError(f"{root}: videos in more than one split: {'; '.join(where)}")
     return index
 
 
@@ -193,10 +232,15 @@ def _index_row(root: Path, video: str, split: str, ann: Path | None) -> dict:
 
 def load_index(path: str | Path) -> pd.DataFrame:
     """Read the index written by the data stage (columns INDEX_COLUMNS)."""
-    df = pd.read_csv(path, dtype={"video": str, "split": str, "path": str, "annotation": str}, keep_default_na=False)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: index not found (run `dvc repro data`)")
+    try:
+        df = pd.read_csv(path, dtype={"video": str, "split": str, "path": str, "annotation": str}, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise InputError(f"{path}: not a readable index table ({str(exc).splitlines()[0]})") from None
     missing = [c for c in INDEX_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: index lacks columns {missing}")
+        raise InputError(f"{path}: index lacks columns {missing}")
     return df
 
 
@@ -223,8 +267,14 @@ def _check_jpegs(video_dir: Path) -> list[str]:
         entries = sorted(it, key=lambda e: e.name)
     for e in entries:
         p = video_dir / e.name
-        if not FRAME_RE.match(e.name):
+        if is_hidden(e.name):
+            continue
+        m = FRAME_RE.match(e.name)
+        if not m:
             problems.append(f"{p}: unexpected file name (expected 5-digit, 1-based frame names like 00001.jpg)")
+            continue
+        if int(m.group(1)) == 0:
+            problems.append(f"{p}: frame number 0 (frame names are 1-based: 00001.jpg is the first)")
             continue
         try:
             with Image.open(p) as im:
@@ -243,9 +293,14 @@ def validate_layout(root: str | Path, test_list: str | None = None, workers: int
     Checks: annotation folders present; header, numeric values, values in [-1, 1] or -5;
     annotation files shorter than the frames on disk; frames that are not readable JPEGs or are
     misnamed; empty video folders; annotation files without frames; frames without annotations
-    (video folders in no split and not in the test list, when one is given).
+    (video folders in no split and not in the test list, when one is given); videos both in the
+    test list and annotated in a split; test lists and annotations that are not UTF-8 text.
+    Benign quirks are accepted: a UTF-8 byte-order mark, CRLF line ends, blank last lines,
+    hidden files (.DS_Store, ._*). Without ``test_list``, the official list at the root
+    (``test_set_release.txt``) is used when present.
     """
     root = Path(root)
+    test_list = default_test_list(root, test_list)
     problems: list[str] = []
     crops = root / CROPS
     if not root.is_dir():
@@ -258,25 +313,28 @@ def validate_layout(root: str | Path, test_list: str | None = None, workers: int
         if not folder.is_dir():
             problems.append(f"{folder}: missing annotation folder")
             continue
-        for ann in sorted(folder.glob("*.txt")):
+        for ann in annotation_files(folder):
             if ann.stem in annotated:
                 problems.append(f"{ann}: video also annotated in {annotated[ann.stem]}")
             annotated[ann.stem] = ann
     test_videos: set[str] = set()
     if test_list is not None:
         tl = Path(test_list) if Path(test_list).is_absolute() else root / test_list
-        if tl.is_file():
+        try:
             test_videos = set(read_test_list(tl))
-        else:
-            problems.append(f"{tl}: test list not found")
-    video_dirs = {p.name: p for p in crops.iterdir() if p.is_dir()} if crops.is_dir() else {}
+        except (InputError, FileNotFoundError) as exc:
+            problems.append(str(exc))
+        for video in sorted(test_videos & set(annotated)):
+            problems.append(f"{annotated[video]}: video {video} is annotated here but also listed as a test video in {tl}")
+    video_dirs = {p.name: p for p in crops.iterdir() if p.is_dir() and not is_hidden(p.name)} if crops.is_dir() else {}
 
     def check_video(video: str) -> _VideoCheck:
         out: list[str] = []
         vdir = video_dirs.get(video)
         ann = annotated.get(video)
-        frames = frames_on_disk(vdir) if vdir is not None else np.array([], dtype=np.int64)
-        empty = vdir is not None and not any(vdir.iterdir())
+        # frame 00000 is reported by _check_jpegs
+        frames = frames_on_disk(vdir, strict=False) if vdir is not None else np.array([], dtype=np.int64)
+        empty = vdir is not None and not any(not is_hidden(p.name) for p in vdir.iterdir())
         if empty:
             out.append(f"{vdir}: empty video folder")
         elif vdir is not None:

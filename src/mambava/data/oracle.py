@@ -103,27 +103,30 @@ def build_oracle_store(index: pd.DataFrame, truth: str | Path, out_dir: str | Pa
     return summary
 
 
+def latent_and_labels(index: pd.DataFrame, truth: str | Path, video: str) -> tuple[np.ndarray, np.ndarray]:
+    """(latent at label time (n, 2), labels (n, 2)) of one twin video: the latent ``lag`` frames
+    before each label (the first ``lag`` frames repeat the first latent), and the labels from the
+    annotation file of the index (the truth file's copy for a video without one)."""
+    from mambava.data.affwild2 import read_annotation
+
+    t = load_truth(Path(truth) / f"{video}.npz")
+    lat, lag = np.asarray(t["latent"], dtype=np.float64), int(t["lag_frames"])
+    at_label_time = lat[np.clip(np.arange(len(lat)) - lag, 0, len(lat) - 1)]
+    ann = index.set_index("video").at[video, "annotation"]
+    labels = read_annotation(ann) if isinstance(ann, str) and ann else np.asarray(t["labels"])
+    return at_label_time, labels
+
+
 def label_ceiling(index: pd.DataFrame, truth: str | Path, videos) -> dict:
     """CCC of the latent state at label time against the labels, over ``videos`` concatenated.
 
     The twin's labels are the latent ``lag`` frames earlier plus annotator noise, so this is the
     best any model can score: the ladder's top rung.
     """
-    from mambava.data.affwild2 import read_annotation
     from mambava.metrics import ccc_va
 
-    rows = index.set_index("video")
-    preds, trues = [], []
-    for v in videos:
-        t = load_truth(Path(truth) / f"{v}.npz")
-        lat, lag = np.asarray(t["latent"], dtype=np.float64), int(t["lag_frames"])
-        n = len(lat)
-        at_label_time = lat[np.clip(np.arange(n) - lag, 0, n - 1)]
-        ann = rows.at[v, "annotation"]
-        labels = read_annotation(ann) if isinstance(ann, str) and ann else np.asarray(t["labels"])
-        preds.append(at_label_time)
-        trues.append(labels)
-    return ccc_va(np.concatenate(preds), np.concatenate(trues))
+    pairs = [latent_and_labels(index, truth, v) for v in videos]
+    return ccc_va(np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs]))
 
 
 def run(cfg) -> dict:

@@ -6,9 +6,10 @@ import logging
 import time
 from pathlib import Path
 
+from mambava.checks import InputError
 from mambava.config import Config
 from mambava.data.affwild2 import build_index, validate_layout, write_index
-from mambava.io import write_json
+from mambava.io import write_json, write_timing
 
 log = logging.getLogger("mambava.data")
 
@@ -33,7 +34,7 @@ def prepare(cfg: Config) -> None:
         if problems:
             for p in problems[:50]:
                 log.error(p)
-            raise ValueError(f"{root}: {len(problems)} problem(s) in the Aff-Wild2 copy (see `mambava data validate --root {root}`)")
+            raise InputError(f"{root}: {len(problems)} problem(s) in the Aff-Wild2 copy (see `mambava data validate --root {root}`)")
         # DVC tracks data/twin as this stage's output; with real data it holds only this note.
         twin_dir = Path("data/twin")
         twin_dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,7 @@ def prepare(cfg: Config) -> None:
         "frames": int(index.n_frames.sum()),
         "frames_on_disk": int(index.n_frames_on_disk.sum()),
         "frames_annotated": int(index.n_annotated.sum()),
-        "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(Path(d.index).with_name("summary.json"), summary)
+    write_timing(Path(d.index).parent, "data", {"seconds": round(time.perf_counter() - t0, 1)})
     log.info("index of %d videos written to %s: %s", len(index), d.index, summary)

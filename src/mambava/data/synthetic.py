@@ -362,7 +362,7 @@ class Renderer:
             by = eye_y - 2.2 * ident.eye_size * B - 0.05 * ry * max(p["eye_open"] - 0.6, 0) * 3
             inner = np.array([ex - side * 0.9 * ew, by - p["brow_tilt"] * 0.16 * ry])
             outer = np.array([ex + side * 1.1 * ew, by + p["brow_tilt"] * 0.05 * ry])
-            d.line(_rot(np.stack([inner, outer]), centre, roll), fill=tuple(int(c * 0.4) for c in ident.hair), width=max(3, B // 32))
+            d.line(_rot(np.stack([inner, outer]), centre, roll), fill=tuple(int(c * 0.4) for c in ident.hair), width=max(2, B // 48))
         # nose
         d.line(_rot(np.array([[fx * 1.1, -0.02 * ry + fy], [fx * 1.25 + 0.02 * rx, 0.2 * ry + fy]]), centre, roll), fill=dark, width=2)
         # mouth: corners rise with curvature; opening shows a dark gap

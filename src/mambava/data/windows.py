@@ -275,10 +275,15 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: folds file not found (run `dvc repro folds`)")
-    df = pd.read_csv(path, dtype={"video": str, "split": str, "group": str})
+    from mambava.checks import InputError
+
+    try:
+        df = pd.read_csv(path, dtype={"video": str, "split": str, "group": str})
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise InputError(f"{path}: not a readable folds table ({str(exc).splitlines()[0]})") from None
     missing = set(FOLD_COLUMNS) - set(df.columns)
     if missing:
-        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+        raise InputError(f"{path}: missing columns {sorted(missing)}")
     return df
 
 

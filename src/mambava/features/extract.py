@@ -37,7 +37,6 @@ the restart deletes partial writes, skips every finished video and shares out th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -52,7 +51,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mambava import distributed
+from mambava.checks import InputError
 from mambava.data.sharding import shard_by_size
+from mambava.io import file_sha256, write_timing
 from mambava.features.frames import FrameDataset, frames_on_disk, normalise
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,18 @@ def load_features(out_dir: str | Path, video: str, mmap: bool = True) -> tuple[n
     if not fp.exists():
         raise FileNotFoundError(f"{fp}: no features for video {video!r} (run `dvc repro features`)")
     mode = "r" if mmap else None
-    return np.load(fp, mmap_mode=mode), np.load(mask_path(out_dir, video), mmap_mode=mode)
+    arrays = []
+    for p in (fp, mask_path(out_dir, video)):
+        try:
+            arrays.append(np.load(p, mmap_mode=mode, allow_pickle=False))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{p}: missing for video {video!r} (run `dvc repro features`)") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"{p}: not a readable .npy array ({exc}); rerun `dvc repro features`") from None
+    feats, mask = arrays
+    if feats.ndim != 2 or mask.shape != (feats.shape[0],):
+        raise InputError(f"{fp}: shape {feats.shape} with a mask of shape {mask.shape} (expected (frames, dim) and (frames,))")
+    return feats, mask
 
 
 def fill_missing(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -118,14 +130,6 @@ def _is_done(out_dir: Path, video: str, n_frames: int, dim: int | None) -> bool:
     except (ValueError, OSError):
         return False
     return f.dtype == np.float16 and f.shape[0] == n_frames and (dim is None or f.shape[1] == dim) and m.shape == (n_frames,)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _prepare_dir(out_dir: Path, fingerprint: dict | None) -> None:
@@ -305,9 +309,13 @@ def extract_features(
         "num_workers": num_workers,
     })
     if ddp.is_main:
+        # what the arrays are in the summary (an output); what this run did and how fast aside
+        run_keys = ("videos_written", "videos_skipped", "frames_encoded", "seconds", "frames_per_second",
+                    "num_workers", "ranks")
         tmp = out_dir / (SUMMARY + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.write_text(json.dumps({k: v for k, v in summary.items() if k not in run_keys}, indent=2))
         os.replace(tmp, out_dir / SUMMARY)
+        write_timing(out_dir, "features", {k: summary[k] for k in run_keys if k in summary})
     log.info("features: %d videos written, %d already done, %d frames at %.1f frames/s",
              written, skipped, frames_done, summary["frames_per_second"] or 0)
     return summary

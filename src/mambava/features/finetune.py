@@ -29,7 +29,7 @@ from mambava.features.frames import FrameDataset, load_index, split_frames
 from mambava.features.mae import EncoderSpec, load_encoder, resolve_device, save_checkpoint
 from mambava.features.pretrain import checkpoint_file as pretrain_checkpoint
 from mambava.features.pretrain import lr_at, param_groups
-from mambava.io import write_json
+from mambava.io import write_json, write_timing
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +202,10 @@ def run(cfg) -> dict:
         "steps": fc.steps,
         "train_loss_first": round(float(np.mean(losses[:20])), 5) if losses else None,
         "train_loss_last": round(float(np.mean(losses[-20:])), 5) if losses else None,
-        "train_seconds": round(train_seconds, 1),
         "device": str(device),
     }
     write_json(Path(fc.out) / "metrics.json", metrics)
+    write_timing(fc.out, "mae_finetune", {"train_seconds": round(train_seconds, 1)})
     log.info("frame-level validation: CCC_v %.4f, CCC_a %.4f, P_VA %.4f on %d frames",
              scores["ccc_valence"], scores["ccc_arousal"], scores["p_va"], len(vlabels))
     return metrics

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from mambava.features.frames import FrameDataset, load_index, split_frames
-from mambava.io import write_json
+from mambava.io import write_json, write_timing
 from mambava.features.mae import (
     EncoderSpec,
     MaskedAutoencoder,
@@ -157,9 +157,9 @@ def run(cfg) -> dict:
         "decoder_trained": pc.steps > 0 or decoder_from_checkpoint,
         "train_loss_first": round(float(np.mean(losses[:20])), 5) if losses else None,
         "train_loss_last": round(float(np.mean(losses[-20:])), 5) if losses else None,
-        "seconds": round(seconds, 1),
-        "frames_per_second": round(pc.steps * pc.batch_size / seconds, 1) if losses else None,
     }
+    timing = {"seconds": round(seconds, 1),
+              "frames_per_second": round(pc.steps * pc.batch_size / seconds, 1) if losses else None}
     if pc.n_reconstructions:
         dirs, frames, video_of, _ = split_frames(index, "validation")
         pick = np.linspace(0, len(frames) - 1, pc.n_reconstructions).round().astype(int)
@@ -169,5 +169,6 @@ def run(cfg) -> dict:
             save_reconstructions(mae, imgs, pc.mask_ratio, enc.mean, enc.std, out / "reconstructions.png", cfg.seed), 5
         )
     write_json(out / "metrics.json", metrics)
-    log.info("MAE pretraining done: %s", metrics)
+    write_timing(out, "mae_pretrain", timing)
+    log.info("MAE pretraining done: %s; %s", metrics, timing)
     return metrics
