@@ -88,7 +88,10 @@ def test_dvc_queue_gives_the_metrics_of_dvc_repro(tmp_path):
     seeds = [1, 2, 3]
     for seed in seeds:
         _sh(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], root)
-    _sh(["dvc", "queue", "start", "-j", "2"], root)
+    # not through pipes: the queue's workers inherit them and would hold them open until they exit
+    r = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=root, env=_env(), timeout=300,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert r.returncode == 0
     deadline = time.monotonic() + 1200
     while True:
         status = _sh(["dvc", "queue", "status"], root)
