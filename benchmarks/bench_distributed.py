@@ -8,8 +8,8 @@
 Each setting is the real command in a fresh process: one process (torch threads = cores), one
 process with one thread, and ``torchrun --standalone --nproc-per-node 2`` (torchrun gives each
 process one thread). Reported: wall time of the command (start-up included) and the stage's own
-time (``_summary.json`` seconds for features = the slowest rank; ``train_metrics.json`` seconds
-for training = the training loop with rank 0's validations), min over ``--repeats`` runs, with
+time (``features.timing.json`` seconds for features = the slowest rank; ``train.timing.json``
+seconds for training = the training loop with rank 0's validations), min over ``--repeats`` runs, with
 the load average before and after each run: the machine may be shared, so read the speed-ups
 together with the load.
 
@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+from mambava.io import read_timing
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -116,7 +118,7 @@ def bench_features(work: Path, frames: int, repeats: int) -> dict:
             }
             (work / "params.yaml").write_text(yaml.safe_dump(params))
             wall, load = _run(["features"], work, procs, threads)
-            s = json.loads((out / "_summary.json").read_text())
+            s = {**json.loads((out / "_summary.json").read_text()), **read_timing(out, "features")}
             rows.append({"setting": name, "processes": procs, "repeat": rep, "wall_s": round(wall, 2),
                          "stage_s": s["seconds"], "frames": s["frames_encoded"],
                          "frames_per_second": s["frames_per_second"], "load_before_after": load})
@@ -162,12 +164,13 @@ def bench_training(work: Path, repeats: int, epochs: int) -> dict:
         for rep in range(repeats):
             out = f"runs_{procs}_{threads}_{rep}"
             train = cfg.train.model_dump()
-            train.update(epochs=epochs, evals_per_epoch=1, threads=threads, out=out)
+            train.update(epochs=epochs, evals_per_epoch=1, threads=threads, seeds=1, workers=1, out=out)
             params = {"device": "cpu", "data": {"index": "index.csv"}, "features": {"dir": "features"},
                       "folds": {"file": "folds.csv", "n_splits": 2}, "model": cfg.model.model_dump(), "train": train}
             (work / "params.yaml").write_text(yaml.safe_dump(params))
             wall, load = _run(["train", "--no-progress", "--variant", "mamba_va", "--fold", "0"], work, procs, threads)
-            m = json.loads((work / out / "mamba_va" / "fold0" / "train_metrics.json").read_text())
+            run = work / out / "mae" / "mamba_va" / "fold0" / f"seed{cfg.train.seed}"
+            m = {**json.loads((run / "train_metrics.json").read_text()), **read_timing(run, "train")}
             rows.append({"setting": name, "processes": procs, "repeat": rep, "wall_s": round(wall, 2),
                          "stage_s": m["seconds"], "seconds_per_epoch": m["seconds_per_epoch"], "steps": m["steps"],
                          "p_va": m["p_va"], "load_before_after": load})

@@ -75,7 +75,7 @@ stages:
       - model
       - train
     outs:
-      - runs/mae/${item.variant}/fold${item.fold}/seed0/best.pt
+      - runs/mae/${item.variant}/fold${item.fold}/seed${train.seed}/best.pt
     metrics:
-      - runs/mae/${item.variant}/fold${item.fold}/seed0/train_metrics.json
+      - runs/mae/${item.variant}/fold${item.fold}/seed${train.seed}/train_metrics.json
 """
