@@ -279,7 +279,8 @@ def fit(
             step, elapsed, best = int(ck["step"]), float(ck["elapsed"]), dict(ck["best"])
             step_rows, eval_rows = [list(r) for r in ck["steps"]], [list(r) for r in ck["evals"]]
             best_ck = ck.get("best_checkpoint")
-            _restore_outputs(out, best_ck, step_rows, eval_rows)
+            if d.is_main:  # rank 0 writes the run folder
+                _restore_outputs(out, best_ck, step_rows, eval_rows)
             log.info("%s: resuming at step %d of %d", last_path, step, total)
         elif d.is_main:
             log.warning("%s: from other settings or data; starting afresh", last_path)
