@@ -1,9 +1,10 @@
-"""Evaluation of one (variant, fold): the ``evaluate`` stage.
+"""Evaluation of every fold and seed of one (level, variant): the ``evaluate`` stage.
 
 The best checkpoint of the run predicts every frame of every validation video of its fold and of
 every test video (:func:`mambava.inference.predict_video`: whole videos in one pass, or the
 authors' 500/500 windows, per ``evaluate.inference``; outputs clipped to [-1, 1]). Files written
-beside the checkpoint, in ``<train.out>/<variant>/fold<k>/`` (test files in its ``test/``):
+in ``<evaluate.out>/<level>/<variant>/fold<k>/`` for the primary seed and its ``seed<s>/`` for the
+others (:func:`eval_dir`; test files in ``test/``):
 
 - ``predictions.csv`` and ``test/predictions.csv``: ``video, frame, valence, arousal,
   valence_true, arousal_true``; ``frame`` is 1-based (the image ``<frame:05d>.jpg``), truth -5

@@ -1,6 +1,7 @@
 """What training and evaluation share: runs, devices, videos in memory, the model, prediction.
 
-A *run* is one (variant, fold): its files live in ``<train.out>/<variant>/fold<k>/``. Videos
+A *run* is one (level, variant, fold, seed): :func:`mambava.train.train_dir` and
+:func:`mambava.evaluate.eval_dir` say where its files live. Videos
 are read as :class:`mambava.data.windows.Video` (features memory-mapped from the ``features``
 stage, labels from the index's annotation files, ``-5`` where not annotated or not available).
 

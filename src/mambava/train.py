@@ -16,7 +16,8 @@ the data order of an epoch is a permutation drawn from (seed, epoch), so the con
 the same batches as an uninterrupted one and, on CPU, ends with bitwise the same weights.
 ``last.pt`` is deleted when the run completes (it is not a stage output).
 
-Files in ``<train.out>/<variant>/fold<k>/``:
+Files in ``<train.out>/<level>/<variant>/fold<k>/seed<s>/`` (:func:`train_dir`; the ``train`` stage runs every
+fold and seed of one (level, variant), :func:`run_all`):
 
 - ``best.pt``: ``{"model": state_dict, "model_cfg": dict, "variant", "fold", "step", ...}``,
   loadable with ``torch.load(..., weights_only=True)``;
