@@ -20,6 +20,7 @@ from test_train import TinyCausal, configs, make_videos
 from mambava import distributed
 from mambava.data.sharding import shard_by_size, share_sizes, window_share
 from mambava.data.windows import Windows
+from mambava.runlog import read_evals, read_steps
 from mambava.train import Interrupted, fit
 
 WORLD = 2
@@ -123,7 +124,7 @@ def _spawn(jobs):
 
 
 def _losses(out):
-    return np.loadtxt(out / "logs" / "steps.csv", delimiter=",", skiprows=1)
+    return read_steps(out).to_numpy()  # step, epoch, lr, loss, grad_norm (DVCLive's train/*.tsv)
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +163,7 @@ def test_ddp_training_equals_one_process(tmp_path, ddp_runs):
     np.testing.assert_array_equal(a[:, :3], b[:, :3])  # step, epoch, learning rate
     np.testing.assert_allclose(b[:, 3], a[:, 3], rtol=1e-5, atol=1e-6)  # loss
     np.testing.assert_allclose(b[:, 4], a[:, 4], rtol=1e-5, atol=1e-6)  # gradient norm
-    ea = np.loadtxt(tmp_path / "one" / "logs" / "evals.csv", delimiter=",", skiprows=1)
-    eb = np.loadtxt(root / "ddp" / "logs" / "evals.csv", delimiter=",", skiprows=1)
+    ea, eb = read_evals(tmp_path / "one").to_numpy(), read_evals(root / "ddp").to_numpy()
     np.testing.assert_allclose(eb, ea, rtol=1e-5, atol=1e-6)
     assert two["best_step"] == one["best_step"] and two == two_b
     for key in ("ccc_valence", "ccc_arousal", "p_va", "final_loss"):

@@ -179,7 +179,8 @@ def test_stages_end_to_end(tiny_project):
         m = evaluate.run(cfg, "mamba_va", fold)
         out = root / "runs" / "mae" / "mamba_va" / f"fold{fold}"
         trained = root / "models" / "mae" / "mamba_va" / f"fold{fold}" / "seed42"
-        for f in ("best.pt", "train_metrics.json", "logs/steps.csv", "logs/evals.csv"):
+        for f in ("best.pt", "train_metrics.json", "dvclive/metrics.json", "dvclive/plots/metrics/train/loss.tsv",
+                  "dvclive/plots/metrics/val/p_va.tsv"):
             assert (trained / f).exists(), f
         for f in ("predictions.csv", "metrics.json", "test/predictions.csv", "test/metrics.json", "test/submission.txt",
                   "window_sweep.csv"):
@@ -223,7 +224,8 @@ def test_stages_end_to_end(tiny_project):
 
     trained2 = root / "models" / "mae" / "mamba_va" / "fold2" / "seed42"
     fold2 = root / "runs" / "mae" / "mamba_va" / "fold2"
-    hashed = {trained2: ("best.pt", "train_metrics.json", "logs/steps.csv"),
+    hashed = {trained2: ("best.pt", "train_metrics.json", "dvclive/metrics.json", "dvclive/plots/metrics/train/loss.tsv",
+                         "dvclive/plots/metrics/val/ccc_valence.tsv"),
               fold2: ("metrics.json", "predictions.csv", "test/metrics.json")}
     before = {d / f: (d / f).read_bytes() for d, fs in hashed.items() for f in fs}
     first = json.loads((fold2 / "metrics.json").read_text())

@@ -23,7 +23,8 @@ from torch import nn
 
 from mambava.config import EvaluateConfig, TrainConfig
 from mambava.data.windows import Video, Windows
-from mambava.train import EVAL_COLUMNS, Interrupted, epoch_order, eval_points, fit, lr_factor
+from mambava.runlog import live_dir, read_evals, read_steps, summary
+from mambava.train import Interrupted, epoch_order, eval_points, fit, lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,16 +116,78 @@ def test_fit_writes_logs_checkpoint_and_learns(tmp_path):
     assert not (tmp_path / "last.pt").exists()  # only kept while a run is unfinished
     ck = torch.load(tmp_path / "best.pt", weights_only=True)
     assert ck["step"] == s["best_step"] and ck["variant"] == "tiny"
-    evals = np.loadtxt(tmp_path / "logs" / "evals.csv", delimiter=",", skiprows=1)
-    steps = np.loadtxt(tmp_path / "logs" / "steps.csv", delimiter=",", skiprows=1)
+    evals = read_evals(tmp_path).to_numpy()  # DVCLive's files
+    steps = read_steps(tmp_path).to_numpy()
     assert len(steps) == s["steps"] and len(evals) == 3 * 2
+    np.testing.assert_array_equal(steps[:, 0], np.arange(1, s["steps"] + 1))
     best_row = evals[np.argmax(evals[:, 2] + evals[:, 3])]
     assert best_row[0] == s["best_step"]
     assert s["ccc_valence"] == pytest.approx(best_row[2]) and s["p_va"] == pytest.approx(best_row[4])
     assert s["p_va"] > 0.2  # it learns the synthetic relation
     # the loop's warm-up is visible in the logged lr
     assert steps[0, 2] < steps[s["steps_per_epoch"] - 1, 2]
-    assert open(tmp_path / "logs" / "evals.csv").readline().strip() == ",".join(EVAL_COLUMNS)
+    # DVCLive's summary: last values, the best checkpoint, no wall-clock value
+    live = summary(tmp_path)
+    assert live["step"] == s["steps"] and live["steps_per_epoch"] == s["steps_per_epoch"]
+    assert live["best"] == {"step": s["best_step"], "ccc_valence": s["ccc_valence"],
+                            "ccc_arousal": s["ccc_arousal"], "p_va": s["p_va"]}
+    assert live["val"]["p_va"] == evals[-1, 4] and live["train"]["loss"] == s["final_loss"]
+    files = sorted(p.relative_to(live_dir(tmp_path)).as_posix() for p in live_dir(tmp_path).rglob("*") if p.is_file())
+    assert files == ["metrics.json", *[f"plots/metrics/train/{m}.tsv" for m in ("grad_norm", "loss", "lr")],
+                     *[f"plots/metrics/val/{m}.tsv" for m in ("ccc_arousal", "ccc_valence", "p_va")]]
+    assert (live_dir(tmp_path) / "plots/metrics/val/p_va.tsv").read_text().splitlines()[0] == "step\tp_va"
+
+
+def test_logged_lr_is_the_schedule(tmp_path):
+    """train/lr.tsv against the schedule written out here: linear warm-up to lr over
+    warmup_epochs, then a cosine from lr to min_lr over restart_epochs, restarted."""
+    train_once(tmp_path)
+    tc, _ = configs(seed=0)
+    spe = summary(tmp_path)["steps_per_epoch"]
+    warm, period = tc.warmup_epochs * spe, tc.restart_epochs * spe
+    steps = read_steps(tmp_path)
+
+    def expected(i):  # the rate of the (i+1)-th optimizer step
+        if i < warm:
+            return tc.lr * (i + 1) / warm
+        t = (i - warm) % period
+        return tc.min_lr + (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * t / period)) / 2
+
+    want = [expected(i) for i in range(len(steps))]
+    np.testing.assert_allclose(steps["lr"].to_numpy(), want, rtol=1e-9, atol=1e-15)
+
+
+def test_logged_validation_ccc_is_the_ccc_of_the_best_checkpoint(tmp_path):
+    """val/*.tsv at the best step against audmetric's CCC of the best weights' predictions of
+    the validation videos (each in one pass, clipped to [-1, 1], concatenated, frames labelled -5
+    left out)."""
+    import audmetric
+
+    s = train_once(tmp_path)
+    row = read_evals(tmp_path).set_index("step").loc[s["best_step"]]
+    model = TinyCausal(6)
+    model.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=True)["model"])
+    model.eval()
+    vids = make_videos()[4:]
+    with torch.no_grad():
+        pred = np.concatenate([model(torch.from_numpy(v.features.astype(np.float32))[None])[0].numpy() for v in vids])
+    pred = np.clip(pred, -1.0, 1.0)  # the documented inference: whole video, clipped to the label range
+    true = np.concatenate([v.labels for v in vids])
+    ccc = []
+    for j in range(2):
+        keep = true[:, j] != -5.0
+        ccc.append(audmetric.concordance_cc(true[keep, j].astype(np.float64), pred[keep, j].astype(np.float64)))
+    assert row["ccc_valence"] == pytest.approx(ccc[0], abs=1e-5)
+    assert row["ccc_arousal"] == pytest.approx(ccc[1], abs=1e-5)
+    assert row["p_va"] == pytest.approx((ccc[0] + ccc[1]) / 2, abs=1e-5)
+
+
+def test_rerun_writes_the_same_dvclive_bytes(tmp_path):
+    train_once(tmp_path / "a")
+    first = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in live_dir(tmp_path / "a").rglob("*") if p.is_file()}
+    train_once(tmp_path / "a")  # the same folder again: DVCLive starts afresh
+    again = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in live_dir(tmp_path / "a").rglob("*") if p.is_file()}
+    assert again == first and len(first) == 7
 
 
 def test_same_seed_same_result(tmp_path):
@@ -148,8 +211,11 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, interrupt_at):
     wa = torch.load(tmp_path / "ref" / "best.pt", weights_only=True)["model"]
     wb = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    for f in ("steps.csv", "evals.csv"):
-        assert (tmp_path / "ref" / "logs" / f).read_text() == (tmp_path / "run" / "logs" / f).read_text()
+    assert _live_bytes(tmp_path / "run") == _live_bytes(tmp_path / "ref")
+
+
+def _live_bytes(run: Path) -> dict:
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in live_dir(run).rglob("*") if p.is_file()}
 
 
 def test_checkpoint_from_other_settings_is_not_resumed(tmp_path):
@@ -170,12 +236,12 @@ KILL_SCRIPT = r"""
 import sys, time, torch
 sys.path.insert(0, {tests!r})
 import test_train as t
-import mambava.train as tr
+import mambava.runlog as rl
 torch.set_num_threads(1)  # the same thread count as the parent (reduction order = bits)
-orig = tr.write_rows
+orig = rl.RunLog.log_validation
 def slow_write(*a, **k):  # slow the loop down so the parent can kill it mid-run
     orig(*a, **k); time.sleep(0.3)
-tr.write_rows = slow_write
+rl.RunLog.log_validation = slow_write
 t.train_once({out!r})
 """
 
@@ -211,6 +277,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, one_thread):
     wa = torch.load(tmp_path / "ref" / "best.pt", weights_only=True)["model"]
     wb = torch.load(out / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert _live_bytes(out) == _live_bytes(tmp_path / "ref")  # rows appended after last.pt are gone
 
 
 @pytest.mark.parametrize("variant", ["mamba_va", "transformer"])

@@ -1,7 +1,8 @@
 """Static images of the training logs and a table of every run's CCCs: the ``plots`` stage.
 
-``dvc plots show`` writes an HTML page that loads Vega from a CDN; the book must build offline,
-so the same curves are drawn here with matplotlib into PNG files:
+The training curves are DVCLive's (:mod:`mambava.runlog`; ``dvc plots show`` draws the primary
+run's with Vega, from the copy that ``make install`` puts in ``.dvc/vega/``). The book needs
+static images of every fold, so they are drawn here with matplotlib into PNG files:
 
 - ``training_ccc.png``: validation P_VA against epoch, one panel per variant, one line per fold;
 - ``training_loss.png``: training CCC loss against epoch, same layout;
@@ -51,8 +52,9 @@ def results_table(runs: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "fold", "split", *KEYS])
 
 
-def _curves(runs, logs, csv: str, column: str, ylabel: str, path: Path) -> None:
-    """logs(variant, fold) -> the training run's logs folder."""
+def _curves(runs, trained, read, column: str, ylabel: str, path: Path) -> None:
+    """trained(variant, fold) -> the training run's folder; read(folder) -> its DVCLive log
+    (:func:`mambava.runlog.read_steps` or ``read_evals``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +67,7 @@ def _curves(runs, logs, csv: str, column: str, ylabel: str, path: Path) -> None:
     for ax, variant in zip(axes[0], variants):
         for v, fold, d in found:
             if v == variant:
-                df = pd.read_csv(logs(v, fold) / csv)
+                df = read(trained(v, fold))
                 ax.plot(df["epoch"], df[column], label=f"fold {fold}", lw=1.2, alpha=0.85)
         ax.set_title(variant)
         ax.set_xlabel("epoch")
@@ -107,22 +109,23 @@ def _save(fig, path: Path) -> None:
 
 def run(cfg, out: str | Path = "outputs/plots") -> pd.DataFrame:
     """The ``plots`` stage: PNGs and results.csv of the MAE-feature runs (primary seed of each fold)."""
+    from mambava.runlog import read_evals, read_steps
     from mambava.train import train_dir
 
     runs, out = Path(cfg.evaluate.out) / "mae", Path(out)
     if not find_runs(runs):
         raise FileNotFoundError(f"{runs}: no <variant>/fold<k>/metrics.json (run `dvc repro evaluate`)")
 
-    def logs(variant: str, fold: int) -> Path:
-        return train_dir(cfg, "mae", variant, fold, cfg.train.seed) / "logs"
+    def trained(variant: str, fold: int) -> Path:
+        return train_dir(cfg, "mae", variant, fold, cfg.train.seed)
 
     table = results_table(runs)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "results.csv.tmp"
     table.to_csv(tmp, index=False, float_format="%.6f")
     os.replace(tmp, out / "results.csv")
-    _curves(runs, logs, "evals.csv", "p_va", "validation P_VA", out / "training_ccc.png")
-    _curves(runs, logs, "steps.csv", "loss", "training loss (2 - CCC_v - CCC_a)", out / "training_loss.png")
+    _curves(runs, trained, read_evals, "p_va", "validation P_VA", out / "training_ccc.png")
+    _curves(runs, trained, read_steps, "loss", "training loss (2 - CCC_v - CCC_a)", out / "training_loss.png")
     if len(table):
         _bars(table, out / "ccc_by_fold.png")
     log.info("%s: results.csv and plots of %d runs", out, len(find_runs(runs)))

@@ -10,10 +10,11 @@ videos are predicted ``evals_per_epoch`` times per epoch with the ``evaluate`` s
 inference; the weights with the best CCC_v + CCC_a are kept in ``best.pt``.
 
 **Resuming.** At every validation the whole state (weights, optimizer, scheduler, RNG states,
-step, best so far, logs so far) is written atomically to ``last.pt`` in the run folder. A run
+step, best so far, the logged rows so far) is written atomically to ``last.pt`` in the run folder. A run
 that finds a ``last.pt`` with the same fingerprint (settings, videos, features) continues from it;
 the data order of an epoch is a permutation drawn from (seed, epoch), so the continued run sees
-the same batches as an uninterrupted one and, on CPU, ends with bitwise the same weights.
+the same batches as an uninterrupted one and, on CPU, ends with bitwise the same weights; its
+DVCLive folder is rebuilt from the rows in ``last.pt``, so it ends with the same bytes too.
 ``last.pt`` is deleted when the run completes (it is not a stage output).
 
 Files in ``<train.out>/<level>/<variant>/fold<k>/seed<s>/`` (:func:`train_dir`; the ``train`` stage runs every
@@ -23,8 +24,10 @@ fold and seed of one (level, variant), :func:`run_all`):
   loadable with ``torch.load(..., weights_only=True)``;
 - ``train_metrics.json``: best validation CCCs and step, device, scan backend, versions, seed;
 - ``train.timing.json``: seconds, seconds per epoch, peak memory (not hashed by DVC: .dvcignore);
-- ``logs/steps.csv`` (step, epoch, lr, loss, grad_norm) and ``logs/evals.csv`` (step, epoch,
-  ccc_valence, ccc_arousal, p_va): DVC plots.
+- ``dvclive/``: the DVCLive logs (:mod:`mambava.runlog`): per step ``train/{lr,loss,grad_norm}``,
+  per validation ``val/{ccc_valence,ccc_arousal,p_va}``, the summary ``metrics.json`` (last values,
+  the best checkpoint's step and CCCs); no timestamps, so byte-stable. ``dvc.yaml`` declares the
+  primary run's summary as metrics and its curves as plots (``dvc exp show``, ``dvc plots diff``).
 """
 
 from __future__ import annotations
@@ -54,11 +57,10 @@ from mambava.io import write_text as atomic_write_text
 from mambava.io import write_timing
 from mambava.metrics import ccc_loss, ccc_va
 from mambava.resume import content_digest, pause_point
+from mambava.runlog import RunLog
 
 log = logging.getLogger("mambava.train")
 
-STEP_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm"]
-EVAL_COLUMNS = ["step", "epoch", "ccc_valence", "ccc_arousal", "p_va"]
 CHECKPOINT_FORMAT = 1
 
 
@@ -118,18 +120,6 @@ def atomic_torch_save(obj, path: Path) -> None:
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
-
-
-
-def write_rows(path: Path, columns: Sequence[str], rows: Sequence[Sequence[float]]) -> None:
-    lines = [",".join(columns)] + [",".join(_fmt(v) for v in r) for r in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else "nan"
-    return str(v)
 
 
 def peak_memory() -> dict:
@@ -243,7 +233,7 @@ def fit(
 
     tc = train_cfg
     out = Path(out_dir)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     if len(train_set) == 0:
         raise ValueError("no training windows (videos shorter than a window with last_window: drop?)")
     model.to(device)
@@ -281,13 +271,14 @@ def fit(
             step_rows, eval_rows = [list(r) for r in ck["steps"]], [list(r) for r in ck["evals"]]
             best_ck = ck.get("best_checkpoint")
             if d.is_main:  # rank 0 writes the run folder
-                _restore_outputs(out, best_ck, step_rows, eval_rows)
+                _restore_outputs(out, best_ck)
             log.info("%s: resuming at step %d of %d", last_path, step, total)
         elif d.is_main:
             log.warning("%s: from other settings or data; starting afresh", last_path)
             last_path.unlink()
     if step == 0 and best_path.exists() and d.is_main:
         best_path.unlink()
+    live = RunLog(out, spe, step_rows, eval_rows, enabled=d.is_main)  # DVCLive: afresh, or the rows so far
     distributed.barrier(d)  # nobody reads or writes the run folder before rank 0 has cleaned it
     net = distributed.wrap_ddp(model, d, device)
 
@@ -316,6 +307,7 @@ def fit(
         step += 1
         loss_value = loss.item()
         step_rows.append([step, round(step / spe, 4), lr, loss_value, grad_norm])
+        live.log_step(step, lr, loss_value, grad_norm)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", best=f"{best['score']:.3f}")
         if (k + 1) in points:
@@ -333,8 +325,7 @@ def fit(
                            "step": step, **(extra_best or {}), "metrics": {k2: float(v) for k2, v in r.items()}}
                 atomic_torch_save(best_ck, best_path)
             elapsed = time.perf_counter() - t0
-            write_rows(out / "logs" / "steps.csv", STEP_COLUMNS, step_rows)
-            write_rows(out / "logs" / "evals.csv", EVAL_COLUMNS, eval_rows)
+            live.log_validation(eval_rows[-1])
             atomic_torch_save(
                 {
                     "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "step": step,
@@ -354,6 +345,7 @@ def fit(
     bar.close()
     elapsed = time.perf_counter() - t0
     best, elapsed = distributed.broadcast(d, (best, elapsed))  # rank 0 validated
+    live.end()
     if d.is_main:
         last_path.unlink(missing_ok=True)
     return {
@@ -371,12 +363,11 @@ def fit(
     }
 
 
-def _restore_outputs(out: Path, best_ck: dict | None, step_rows: list, eval_rows: list) -> None:
-    """Rewrite best.pt and the logs from a resumed state: DVC deleted them before the rerun."""
+def _restore_outputs(out: Path, best_ck: dict | None) -> None:
+    """Rewrite best.pt from a resumed state: DVC deleted it before the rerun (the DVCLive logs
+    are rebuilt by :class:`~mambava.runlog.RunLog`)."""
     if best_ck is not None:
         atomic_torch_save(best_ck, out / "best.pt")
-    write_rows(out / "logs" / "steps.csv", STEP_COLUMNS, step_rows)
-    write_rows(out / "logs" / "evals.csv", EVAL_COLUMNS, eval_rows)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -394,9 +385,11 @@ def code_digest() -> dict[str, str]:
     import mambava.inference
     import mambava.metrics
     import mambava.models
+    import mambava.runlog
 
     files = [Path(__file__), Path(mambava.data.windows.__file__), Path(mambava.inference.__file__),
-             Path(mambava.metrics.__file__), *sorted(Path(mambava.models.__file__).parent.glob("*.py"))]
+             Path(mambava.metrics.__file__), Path(mambava.runlog.__file__),
+             *sorted(Path(mambava.models.__file__).parent.glob("*.py"))]
     return content_digest(files)
 
 
