@@ -4,6 +4,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Vega, Vega-Lite and Vega-Embed inlined in DVC's HTML template (.dvc/config plots.html_template),
+# fetched with npm at install time: `dvc plots show` renders offline (src/mambava/vega.py).
+VEGA   := .dvc/vega/template.html
 # DVC stages call `mambava`, `papermill`, `jupyter-book` by name: put the venv first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 # torch and numba each load OpenMP; spinning idle threads slow everything on 2 cores (see cli.py).
@@ -18,19 +21,22 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name mambava --display-name "mambava (Python 3.11)" >/dev/null
 	@touch $(STAMP)
 
-install: $(STAMP)
+$(VEGA): $(STAMP) src/mambava/vega.py
+	$(BIN)/python -m mambava.vega --out $@
 
-repro: $(STAMP)
+install: $(STAMP) $(VEGA)
+
+repro: $(STAMP) $(VEGA)
 	$(BIN)/dvc repro
 	@$(BIN)/mambava where
 
-test: $(STAMP)
+test: $(STAMP) $(VEGA)
 	$(BIN)/python -m pytest
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(VEGA)
 	$(BIN)/python -m pytest -m slow
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(VEGA)
 	$(BIN)/python -m pytest -m "not gpu or gpu"
 
 bench: $(STAMP)

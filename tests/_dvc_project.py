@@ -49,17 +49,38 @@ def _reduce_matrix(stage: dict, variants: list[str], folds: list[int]) -> dict:
     return stage
 
 
-def make_project(root: Path, stages: list[str], variants=("mamba_va",), folds=(0,), params: dict | None = None) -> Path:
-    """Write params.yaml and a dvc.yaml with ``stages`` of the repository's pipeline; dvc init."""
+def make_project(root: Path, stages: list[str], variants=("mamba_va",), folds=(0,), params: dict | None = None,
+                 git: bool = False) -> Path:
+    """Write params.yaml and a dvc.yaml with ``stages`` of the repository's pipeline and its
+    top-level metrics and plots (those of the variants asked for); dvc init (in a new git
+    repository with ``git``, as `dvc exp` needs)."""
     root.mkdir(parents=True, exist_ok=True)
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    out = {"stages": {name: _reduce_matrix(pipeline["stages"][name], list(variants), list(folds)) for name in stages}}
+    out = {"metrics": pipeline.get("metrics", []), "plots": [_reduce_plot(p, variants) for p in pipeline.get("plots", [])],
+           "stages": {name: _reduce_matrix(pipeline["stages"][name], list(variants), list(folds)) for name in stages}}
     (root / "dvc.yaml").write_text(yaml.safe_dump(out, sort_keys=False))
     (root / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
     shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
-    dvc(root, "init", "--no-scm", "-q")
+    if git:
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+        subprocess.run(["git", "config", "user.email", "test@example.org"], cwd=root, check=True)
+        subprocess.run(["git", "config", "user.name", "test"], cwd=root, check=True)
+        dvc(root, "init", "-q")
+    else:
+        dvc(root, "init", "--no-scm", "-q")
     dvc(root, "config", "core.analytics", "false")
     return root
+
+
+def _reduce_plot(plot, variants) -> dict | str:
+    """A top-level plot with its files of other variants left out."""
+    if not isinstance(plot, dict):
+        return plot
+    (name, props), = plot.items()
+    if isinstance((props or {}).get("y"), dict):
+        keep = {f: c for f, c in props["y"].items() if any(f"/{v}/" in f for v in variants)}
+        props = {**props, "y": keep}
+    return {name: props}
 
 
 def env() -> dict:
