@@ -69,6 +69,9 @@ def make_project(root: Path, stages: list[str], variants=("mamba_va",), folds=(0
     else:
         dvc(root, "init", "--no-scm", "-q")
     dvc(root, "config", "core.analytics", "false")
+    if git:  # DVCLive needs a commit to read (it stops on an empty repository)
+        subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+        subprocess.run(["git", "commit", "-qm", "project"], cwd=root, check=True)
     return root
 
 
