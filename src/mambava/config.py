@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mambava.checks import InputError
+from mambava.models import VARIANTS  # the one registry of variants; params.yaml's `variants:` is checked against it
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -249,10 +250,6 @@ class FoldsConfig(Section):
     # videos always train and never validate, so no scored video's labels reach its features
     encoder_fraction: float = Field(0.5, gt=0, le=1)
     file: str = "outputs/folds.csv"
-
-
-# The model variants of the study (the ablations are settings of one model; mambava.models).
-VARIANTS: tuple[str, ...] = ("mamba_va", "no_tcn", "no_mamba", "transformer", "frame")
 
 
 class TrainConfig(Section):

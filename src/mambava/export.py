@@ -130,7 +130,7 @@ def export(cfg, variant: str, fold: int, out: str | Path) -> Path:
     from safetensors.torch import save_file
 
     import mambava
-    from mambava.evaluate import eval_dir
+    from mambava.runtime import eval_dir
     from mambava.predict import from_run
 
     pred = from_run(cfg, variant, fold)

@@ -103,8 +103,7 @@ class Predictor:
 def from_run(cfg, variant: str, fold: int) -> Predictor:
     """The Predictor of a pipeline run: ``mae_finetune.out``'s encoder and the run's best.pt."""
     from mambava.features.mae import EncoderSpec, load_encoder
-    from mambava.inference import resolve_device
-    from mambava.train import load_best, train_dir
+    from mambava.runtime import load_best, resolve_device, train_dir
 
     device = resolve_device(cfg.device)
     ckpt = Path(cfg.mae_finetune.out) / "checkpoint.pt"

@@ -365,7 +365,8 @@ def _probe_dim(encoder: nn.Module, img_size: int, device: torch.device) -> int:
 def run(cfg) -> dict:
     """The `features` stage: the fine-tuned encoder over every frame of the index."""
     from mambava.features.frames import load_index
-    from mambava.features.mae import EncoderSpec, load_encoder, resolve_device
+    from mambava.features.mae import EncoderSpec, load_encoder
+    from mambava.runtime import resolve_device
 
     enc_cfg = cfg.mae_pretrain.encoder
     spec = EncoderSpec.from_config(enc_cfg)

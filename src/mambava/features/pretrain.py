@@ -27,12 +27,12 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from mambava.features.frames import FrameDataset, load_index, split_frames
 from mambava.io import write_json, write_timing
+from mambava.runtime import resolve_device
 from mambava.features.mae import (
     EncoderSpec,
     MaskedAutoencoder,
     load_encoder_weights,
     read_state_dict,
-    resolve_device,
     save_checkpoint,
 )
 
