@@ -30,7 +30,7 @@ def twin(tmp_path_factory):
 def test_oracle_features_are_the_rendered_parameters(twin):
     """Read the truth file independently (np.load, by name) and compare column by column."""
     from mambava.data.oracle import COLUMNS, build_oracle_store
-    from mambava.features.extract import load_features
+    from mambava.features.store import load_features
 
     tmp, root, truth, index = twin
     out = tmp / "oracle"

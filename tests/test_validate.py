@@ -239,7 +239,7 @@ def test_unreadable_index_folds_and_features(tmp_path):
     from mambava.checks import InputError
     from mambava.data.affwild2 import load_index
     from mambava.data.windows import read_folds
-    from mambava.features.extract import load_features
+    from mambava.features.store import load_features
 
     idx = tmp_path / "index.csv"
     idx.write_text("video,split\na,train\n")

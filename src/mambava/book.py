@@ -12,7 +12,6 @@ for a person to look at, not part of ``make test``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+from mambava.io import write_text
 
 # The pages of the book built from notebooks, and how many tables / figures each must show.
 PAGES = {
@@ -57,9 +58,7 @@ def strip_notebook(path: str | Path, out: str | Path | None = None) -> Path:
                 if "execution_count" in o:
                     o["execution_count"] = None
     out = Path(out) if out else path
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    write_text(out, json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
     return out
 
 

@@ -46,7 +46,7 @@ def feature_sample(index: pd.DataFrame, features_dir: str | Path, split: str = "
     """Up to ``n_points`` annotated frames that had a face, drawn evenly from ``split`` (or from
     ``videos`` when given): (features (n, dim) float32, table video/frame/valence/arousal)."""
     from mambava.data.affwild2 import read_annotation
-    from mambava.features.extract import load_features
+    from mambava.features.store import load_features
 
     feats, rows = [], []
     pick_rows = index.video.isin(set(videos)) if videos is not None else index.split == split

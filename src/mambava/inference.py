@@ -53,7 +53,7 @@ def load_videos(index: pd.DataFrame, names: Sequence[str], features_dir: str | P
     Errors name the files that disagree.
     """
     from mambava.data.affwild2 import read_annotation
-    from mambava.features.extract import feature_path, load_features
+    from mambava.features.store import feature_path, load_features
 
     rows = index.set_index("video")
     missing = [v for v in names if v not in rows.index]

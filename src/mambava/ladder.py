@@ -288,7 +288,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     axes[0].set_ylabel("CCC (mean over folds and seeds, 95% CI)")
     axes[1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from mambava.io import write_figure
+
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)

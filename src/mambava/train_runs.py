@@ -68,7 +68,7 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
     """
     from mambava.data.affwild2 import load_index
     from mambava.data.windows import fold_videos, read_folds
-    from mambava.features.extract import feature_path
+    from mambava.features.store import feature_path
     from mambava.inference import load_videos, scan_backend
     from mambava.models import build_model, variant_config
 

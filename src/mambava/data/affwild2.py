@@ -140,14 +140,12 @@ def read_annotation(path: str | Path) -> np.ndarray:
 
 def write_annotation(path: str | Path, labels: np.ndarray) -> None:
     """Write (n, 2) labels in the official format, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    from mambava.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write(HEADER + "\n")
         for v, a in labels:
             f.write(f"{_fmt(v)},{_fmt(a)}\n")
-    os.replace(tmp, path)
 
 
 def _fmt(x: float) -> str:

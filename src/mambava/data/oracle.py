@@ -75,7 +75,7 @@ def load_truth(path: str | Path) -> dict:
 
 def build_oracle_store(index: pd.DataFrame, truth: str | Path, out_dir: str | Path) -> dict:
     """Write the oracle feature store for every video of ``index`` (module doc); returns a summary."""
-    from mambava.features.extract import _atomic_save, feature_path, fill_missing, mask_path
+    from mambava.features.store import feature_path, fill_missing, mask_path, save_array
 
     truth, out = Path(truth), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,8 +94,8 @@ def build_oracle_store(index: pd.DataFrame, truth: str | Path, out_dir: str | Pa
     for video, x in raw.items():
         z = np.nan_to_num((x - mean) / std, nan=0.0)
         m = masks[video]
-        _atomic_save(mask_path(out, video), m)
-        _atomic_save(feature_path(out, video), fill_missing(z, m).astype(np.float16))
+        save_array(mask_path(out, video), m)
+        save_array(feature_path(out, video), fill_missing(z, m).astype(np.float16))
     summary = {"columns": list(COLUMNS), "dim": len(COLUMNS), "videos": len(raw),
                "frames": int(sum(len(x) for x in raw.values())),
                "mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}

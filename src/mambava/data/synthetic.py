@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,6 +77,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from mambava.data.affwild2 import ANNOTATIONS, CROPS, SPLIT_DIRS, UNLABELLED, write_annotation
+from mambava.io import replace_dir
 
 SPLITS = ("train", "validation", "test")
 _RESOLUTIONS = [(1280, 720), (640, 360), (1920, 1080), (480, 360), (960, 540)]
@@ -502,7 +502,5 @@ def generate_twin(cfg, root: str | Path, test_labels: str | Path, truth_dir: str
     tests = sorted(p.name for p in plans if p.split == "test")
     (root_s / test_list).write_text("".join(f"{name}\n" for name in tests))
     for s, f in zip(staging, final):
-        shutil.rmtree(f, ignore_errors=True)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(s, f)
+        replace_dir(s, f)
     return sorted(rows, key=lambda r: r["video"])
