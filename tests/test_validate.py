@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mambava.data.affwild2 import ANNOTATIONS, CROPS, validate_layout
+from mambava.data.affwild2 import ANNOTATIONS, CROPS
+from mambava.data.validate import validate_layout
 
 
 def _jpeg(path: Path, value: int = 128):

@@ -38,7 +38,7 @@ def cmd_data_generate(args) -> int:
 
 
 def cmd_data_validate(args) -> int:
-    from mambava.data.affwild2 import validate_layout
+    from mambava.data.validate import validate_layout
 
     problems = validate_layout(Path(args.root), test_list=args.test_list)
     for p in problems:

@@ -117,18 +117,6 @@ def latent_and_labels(index: pd.DataFrame, truth: str | Path, video: str) -> tup
     return at_label_time, labels
 
 
-def label_ceiling(index: pd.DataFrame, truth: str | Path, videos) -> dict:
-    """CCC of the latent state at label time against the labels, over ``videos`` concatenated.
-
-    The twin's labels are the latent ``lag`` frames earlier plus annotator noise, so this is the
-    best any model can score: the ladder's top rung.
-    """
-    from mambava.metrics import ccc_va
-
-    pairs = [latent_and_labels(index, truth, v) for v in videos]
-    return ccc_va(np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs]))
-
-
 def run(cfg) -> dict:
     """The ``oracle_features`` stage: the store in ``ladder.oracle_dir`` (twin only; with real data it
     writes only a note saying why it was skipped)."""

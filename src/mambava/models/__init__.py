@@ -68,10 +68,6 @@ def frame(cfg: ModelConfig) -> ModelConfig:
     return _with(cfg, tcn=False, temporal="none")
 
 
-def list_variants() -> list[str]:
-    return list(_VARIANTS)
-
-
 # The study's variants in their order (config, report, the CLI and, through params.yaml's
 # ``variants:``, dvc.yaml's matrices all read these), and how the book names them.
 VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
