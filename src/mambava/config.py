@@ -231,6 +231,8 @@ class BookConfig(Section):
     sweep_steps: int = Field(7, ge=2)  # Data: faces along each valence / arousal sweep
     projection_points: int = Field(3000, ge=10)  # Features: frames drawn for the 2-D projection
     prediction_fold: int = Field(0, ge=0)  # Predictions: whose validation videos are plotted
+    submission_fold: int = Field(0, ge=0)  # Table 2: the fold whose model (primary seed) made the test submission
+    seed: int = 0  # the book's own draws (bootstrap resamples, sampled frames)
 
 
 # --------------------------------------------------------------------------- folds, train, evaluate
