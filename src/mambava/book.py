@@ -12,6 +12,7 @@ for a person to look at, not part of ``make test``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -19,8 +20,6 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
-
-from mambava.io import write_text
 
 # The pages of the book built from notebooks, and how many tables / figures each must show.
 PAGES = {
@@ -58,7 +57,9 @@ def strip_notebook(path: str | Path, out: str | Path | None = None) -> Path:
                 if "execution_count" in o:
                     o["execution_count"] = None
     out = Path(out) if out else path
-    write_text(out, json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    os.replace(tmp, out)
     return out
 
 
