@@ -48,7 +48,6 @@ def code_digest() -> dict[str, str]:
     import mambava.inference
     import mambava.metrics
     import mambava.models
-
     import mambava.runtime
     import mambava.train
 
