@@ -8,6 +8,7 @@ the full book (every notebook) is a slow test. Screenshots (headless Chromium) a
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,19 @@ def test_every_book_page_has_a_source_notebook_and_a_stage():
         assert f"notebooks/{name}.ipynb" in st["deps"] and st["outs"] == [f"book/notebooks/{name}.ipynb"]
         assert "papermill" in st["cmd"][0] and "-k mambava" in st["cmd"][0] and "book strip" in st["cmd"][1]
         assert f"book/notebooks/{name}.ipynb" in stages["book"]["deps"]
+
+
+def test_each_page_shows_its_parameters_once():
+    """The defaults cell (tag ``parameters``) is removed from the page (``remove-cell``); papermill's
+    injected cell shows the values used, so every stage passes every parameter (``-p``)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert "remove-cell" in cell.metadata["tags"], path.name
+        names = set(re.findall(r"^(\w+)\s*=", cell.source, re.M))
+        passed = set(re.findall(r" -p (\w+) ", stages[f"notebook_{path.stem}"]["cmd"][0] + " "))
+        assert names == passed, f"{path.name}: defaults not passed by its stage: {names - passed}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -160,6 +174,10 @@ def test_one_page_book_builds_offline_and_passes_the_check(fake, tmp_path):
     page = (html / "notebooks" / "table1.html").read_text()
     assert "0.5454" in page  # the paper's number, from the reference file
     assert "Baseline (organisers)" in page
+    # the parameters once: papermill's injected cell (the values used), not the defaults cell too
+    text = re.sub(r"<[^>]+>", "", page)
+    assert text.count("n_boot = 20") == 1 and "# Parameters" in text
+    assert "protocol and folds settings" not in text and "n_boot = 1000" not in text  # the defaults cell
     # a broken page is caught: an image that does not resolve
     (html / "notebooks" / "table1.html").write_text(page.replace('src="../_images/', 'src="../_images/gone-'))
     assert any("does not resolve" in p for p in book.check_book(html, pages={"table1": book.PAGES["table1"]}))

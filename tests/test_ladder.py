@@ -30,7 +30,7 @@ def twin(tmp_path_factory):
 def test_oracle_features_are_the_rendered_parameters(twin):
     """Read the truth file independently (np.load, by name) and compare column by column."""
     from mambava.data.oracle import COLUMNS, build_oracle_store
-    from mambava.features.extract import load_features
+    from mambava.features.store import load_features
 
     tmp, root, truth, index = twin
     out = tmp / "oracle"
@@ -74,11 +74,13 @@ def test_oracle_features_are_the_rendered_parameters(twin):
 
 
 def test_label_ceiling_is_the_latent_at_label_time(twin):
-    from mambava.data.oracle import label_ceiling
+    from mambava.data.oracle import latent_and_labels
+    from mambava.metrics import ccc_va
 
     tmp, root, truth, index = twin
     test = list(index.loc[index.split == "test", "video"])
-    got = label_ceiling(index, truth, test)
+    pairs = [latent_and_labels(index, truth, v) for v in test]  # what the ladder's ceiling scores
+    got = ccc_va(np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs]))
     preds, trues = [], []
     for v in test:
         z = np.load(truth / f"{v}.npz")

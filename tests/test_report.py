@@ -121,7 +121,7 @@ def test_window_sweep_and_benchmarks(runs, tmp_path):
 
 
 def test_mean_expression_matches_the_twin():
-    from mambava.data.synthetic import expression_track
+    from mambava.data.render import expression_track
 
     v, a = 0.5, -0.4
     n = 6000

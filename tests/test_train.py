@@ -217,9 +217,9 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, one_thread):
 def test_real_model_resume_is_bitwise(tmp_path, variant):
     """The same with the study's model (numba scan on CPU, attention dropout): bitwise equal."""
     from mambava.config import ModelConfig
-    from mambava.inference import build_model, variant_model_config
+    from mambava.models import build_model, variant_config
 
-    mcfg = variant_model_config(
+    mcfg = variant_config(
         ModelConfig(input_dim=6, tcn_channels=[8, 8], tcn_kernel=3, d_model=8, n_layers=1, n_heads=2,
                     head_hidden=8, scan_backend="numba"),
         variant,

@@ -201,11 +201,11 @@ COMPARISONS = (  # (a, b): the ladder's claims about context, on arousal and val
 
 def run(cfg) -> dict:
     """The ``ladder`` stage: outputs/ladder/{ladder.csv, comparisons.csv, ladder.json, ladder.png}."""
-    from mambava.config import VARIANTS
+    from mambava.models import VARIANTS
     from mambava.data.affwild2 import load_index
     from mambava.data.oracle import truth_dir
     from mambava.data.windows import fold_videos, read_folds
-    from mambava.train import level_skipped
+    from mambava.runtime import level_skipped
 
     out = Path(cfg.ladder.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,7 +288,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     axes[0].set_ylabel("CCC (mean over folds and seeds, 95% CI)")
     axes[1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from mambava.io import write_figure
+
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)

@@ -69,7 +69,7 @@ def leak_effect(pv: pd.DataFrame, n_boot: int, seed: int, level: float = 0.95) -
 
 def run(cfg) -> dict:
     """The ``leakage`` stage (module doc)."""
-    from mambava import evaluate, train
+    from mambava import evaluate, train_runs
     from mambava.data.windows import make_folds, read_folds, write_folds
     from mambava.io import write_json
     from mambava.report import fold_scores
@@ -95,7 +95,7 @@ def run(cfg) -> dict:
     })
     variant = cfg.book.variant
     folds = list(range(1, int(paper["cv_fold"].max()) + 1))
-    train.run_all(sub, variant, "mae", folds=folds, progress=False)
+    train_runs.run_all(sub, variant, "mae", folds=folds, progress=False)
     evaluate.run_all(sub, variant, "mae", folds=folds)
     runs = root / "runs" / "mae"
     pv = per_video_table(runs, variant, paper)

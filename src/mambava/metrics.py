@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from mambava.checks import require_finite
-
-UNLABELLED = -5.0
+from mambava.data.affwild2 import UNLABELLED  # noqa: F401  (-5: not annotated; re-exported)
 
 
 def label_mask(true: np.ndarray) -> np.ndarray:

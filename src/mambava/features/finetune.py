@@ -26,10 +26,11 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from mambava.features.frames import FrameDataset, load_index, split_frames
-from mambava.features.mae import EncoderSpec, load_encoder, resolve_device, save_checkpoint
+from mambava.features.mae import EncoderSpec, load_encoder, save_checkpoint
 from mambava.features.pretrain import checkpoint_file as pretrain_checkpoint
 from mambava.features.pretrain import lr_at, param_groups
 from mambava.io import write_json, write_timing
+from mambava.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,13 +25,13 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from mambava.features.frames import FrameDataset, load_index, split_frames
-from mambava.io import write_json, write_timing
+from mambava.io import atomic_path, write_json, write_timing
+from mambava.runtime import resolve_device
 from mambava.features.mae import (
     EncoderSpec,
     MaskedAutoencoder,
     load_encoder_weights,
     read_state_dict,
-    resolve_device,
     save_checkpoint,
 )
 
@@ -81,10 +80,8 @@ def save_reconstructions(mae: MaskedAutoencoder, imgs: torch.Tensor, mask_ratio:
 
     rows = [np.concatenate(list(to_uint8(x)), axis=1) for x in (imgs, masked, recon)]
     grid = np.concatenate(rows, axis=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(grid).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, ".tmp.png") as tmp:
+        Image.fromarray(grid).save(tmp)
     return float(loss)
 
 
