@@ -13,7 +13,7 @@ Run layout read here (written by the ``train``/``evaluate`` stages)::
 
 CCCs shown in the book are recomputed from ``predictions.csv`` (the split's frames concatenated,
 -5 excluded, as the challenge scores) and checked against ``metrics.json``; intervals are
-video-level bootstrap percentiles (:func:`mambava.metrics.bootstrap_ccc`).
+video-level bootstrap percentile intervals (:func:`mambava.metrics.bootstrap_ccc`, scipy).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import yaml
 
 from mambava.config import VARIANTS
 from mambava.io import read_timing
-from mambava.metrics import bootstrap_ccc, ccc, ccc_va, label_mask
+from mambava.metrics import bootstrap, bootstrap_ccc, ccc, ccc_va, ccc_va_from_stats, label_mask, per_video_stats
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
 VARIANT_LABELS = {
@@ -157,8 +157,9 @@ def paired_bootstrap(pred_a: pd.DataFrame, pred_b: pd.DataFrame, n_boot: int = 1
     """Split-level CCC of A minus that of B, with a paired video-level bootstrap interval.
 
     Both prediction tables must cover the same frames (same video, frame and truth). Each resample
-    draws videos with replacement and scores A and B on the *same* videos, so the interval is of
-    the difference, not of two independent scores. Returns {metric: (diff, lo, hi)} and
+    draws videos with replacement and scores A and B on the *same* videos (``scipy.stats.bootstrap``
+    with ``paired=True``; percentile intervals, as :func:`mambava.metrics.bootstrap`), so the interval is of the
+    difference, not of two independent scores. Returns {metric: (diff, lo, hi)} and
     ``p_better``: the fraction of resamples where A's P_VA exceeds B's.
     """
     key = ["video", "frame"]
@@ -169,30 +170,18 @@ def paired_bootstrap(pred_a: pd.DataFrame, pred_b: pd.DataFrame, n_boot: int = 1
         if not np.array_equal(m[f"{c}_a"].to_numpy(), m[f"{c}_b"].to_numpy()):
             raise ValueError(f"paired_bootstrap: {c} differs between the two tables")
     t = m[["valence_true_a", "arousal_true_a"]].to_numpy(np.float64)
-    pa = m[["valence_a", "arousal_a"]].to_numpy(np.float64)
-    pb = m[["valence_b", "arousal_b"]].to_numpy(np.float64)
-    videos, inv = np.unique(m["video"].to_numpy(), return_inverse=True)
-    order = np.argsort(inv, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(inv, minlength=len(videos)))])
+    g = m["video"].to_numpy()
+    _, sa = per_video_stats(m[["valence_a", "arousal_a"]].to_numpy(np.float64), t, g)
+    _, sb = per_video_stats(m[["valence_b", "arousal_b"]].to_numpy(np.float64), t, g)
 
-    def diff(idx):
-        a, b = ccc_va(pa[idx], t[idx]), ccc_va(pb[idx], t[idx])
-        return np.array([a[k] - b[k] for k in METRICS])
+    def diff(ia, ib, axis=-1):  # paired=True: ia and ib are the same video draw
+        return ccc_va_from_stats(sa[ia].sum(axis=-3)) - ccc_va_from_stats(sb[ib].sum(axis=-3))
 
-    point = diff(np.arange(len(m)))
-    rng = np.random.default_rng(seed)
-    stats = np.full((n_boot, 3), np.nan)
-    for i in range(n_boot):
-        pick = rng.integers(0, len(videos), size=len(videos))
-        idx = np.concatenate([order[bounds[g]:bounds[g + 1]] for g in pick])
-        try:
-            stats[i] = diff(idx)
-        except ValueError:  # a resample without labelled frames
-            pass
-    alpha = (1 - level) / 2
-    lo, hi = np.nanquantile(stats, [alpha, 1 - alpha], axis=0)
+    videos = np.arange(len(sa))
+    point = diff(videos, videos)
+    lo, hi, reps = bootstrap((videos, videos), diff, n_boot, seed, level, paired=True)
     out = {k: (float(point[j]), float(lo[j]), float(hi[j])) for j, k in enumerate(METRICS)}
-    out["p_better"] = float(np.nanmean(stats[:, 2] > 0))
+    out["p_better"] = float(np.nanmean(reps[2] > 0))
     return out
 
 
@@ -207,14 +196,15 @@ def paired_video_differences(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.D
 
 
 def sign_test(diffs) -> float:
-    """Two-sided exact sign test p-value of paired differences (zeros dropped)."""
+    """Two-sided exact sign test p-value of paired differences (zeros dropped): the binomial test
+    of the number of positive differences against p = 1/2 (``scipy.stats.binomtest``)."""
+    from scipy.stats import binomtest
+
     d = np.asarray(diffs, dtype=float)
     d = d[np.isfinite(d) & (d != 0)]
-    n, k = len(d), int((d > 0).sum())
-    if n == 0:
+    if len(d) == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2**n
-    return float(min(1.0, 2 * tail))
+    return float(binomtest(int((d > 0).sum()), len(d), 0.5, alternative="two-sided").pvalue)
 
 
 def fold_scores(runs: str | Path, variant: str, split: str = "validation", n_boot: int = 0,
