@@ -91,30 +91,40 @@ def collect(runs: str | Path, variants, folds, split: str, videos_of_fold) -> di
 
 
 # --------------------------------------------------------------------------- bootstrap
+def _video_sets(per_fold: list[np.ndarray], shared: bool) -> list[int]:
+    """Which video sample each fold reads: one for all when ``shared``, else one per fold."""
+    return [0] * len(per_fold) if shared else list(range(len(per_fold)))
+
+
 def cell_data(per_fold: list[np.ndarray], shared: bool) -> tuple[np.ndarray, ...]:
-    """The samples scipy resamples for one cell (module doc): video indices (one sample when
-    ``shared``, else one per fold), then seed indices of each fold with two or more seeds."""
-    videos = [np.arange(per_fold[0].shape[1])] if shared else [np.arange(st.shape[1]) for st in per_fold]
-    return (*videos, *(np.arange(st.shape[0]) for st in per_fold if st.shape[0] > 1))
+    """The samples scipy resamples for one cell (module doc): the video indices of each video set
+    (one when ``shared``, else one per fold), then the seed indices of each fold. Samples of a
+    single element (one video, one seed) are left out: their only resample is themselves."""
+    sizes = [per_fold[0].shape[1]] if shared else [st.shape[1] for st in per_fold]
+    return (*(np.arange(n) for n in sizes if n > 1), *(np.arange(st.shape[0]) for st in per_fold if st.shape[0] > 1))
 
 
 def cell_statistic(per_fold: list[np.ndarray], shared: bool):
     """The vectorised statistic over :func:`cell_data`'s samples: mean over folds of the mean over
     the drawn seeds of the CCC of the drawn videos pooled. Returns (2, *batch) (valence, arousal)."""
-    n_vid = 1 if shared else len(per_fold)
-    multi = [st.shape[0] > 1 for st in per_fold]
+    sets = _video_sets(per_fold, shared)
+    sizes = [per_fold[0].shape[1]] if shared else [st.shape[1] for st in per_fold]
+    n_vid = sum(n > 1 for n in sizes)
 
     def stat(*samples, axis=-1):
-        vids, seeds = list(samples[:n_vid]), iter(samples[n_vid:])
+        drawn = iter(samples[:n_vid])
+        vids = [next(drawn) if n > 1 else np.arange(n) for n in sizes]
+        seeds = iter(samples[n_vid:])
         folds = []
         for f, st in enumerate(per_fold):
-            idx = vids[0 if shared else f]
-            cc = np.moveaxis(ccc_from_stats(st[:, idx].sum(axis=-3)), 0, -1)  # (*batch, 2, seeds)
-            if multi[f]:
+            cc = np.moveaxis(ccc_from_stats(st[:, vids[sets[f]]].sum(axis=-3)), 0, -1)  # (*batch, 2, seeds)
+            if st.shape[0] > 1:
                 cc = np.take_along_axis(cc, next(seeds)[..., None, :], axis=-1)
             folds.append(cc.mean(axis=-1))
-        return np.moveaxis(np.mean(folds, axis=0), -1, 0)
+        batch = np.broadcast_shapes(*(f.shape for f in folds))
+        return np.moveaxis(np.mean([np.broadcast_to(f, batch) for f in folds], axis=0), -1, 0)
 
+    stat.n_video_samples = n_vid
     return stat
 
 
@@ -177,8 +187,8 @@ def compare(reps: dict, table: pd.DataFrame, a: tuple[str, str, str], b: tuple[s
     (fa, shared), (fb, _) = reps[a], reps[b]
     n_boot, seed = reps["boot"]
     da, db = cell_data(fa, shared), cell_data(fb, shared)
-    n_vid = 1 if shared else len(fa)
     sa, sb = cell_statistic(fa, shared), cell_statistic(fb, shared)
+    n_vid = sa.n_video_samples  # both cells score the same videos
     na = len(da) - n_vid
 
     def diff(*samples, axis=-1):

@@ -163,7 +163,7 @@ def bootstrap(data, statistic, n_boot: int, seed: int, level: float = 0.95, pair
 
     from scipy import stats
 
-    if min(len(d) for d in data) < 2:  # scipy needs two observations per sample; one is its own resample
+    if not data or min(len(d) for d in data) < 2:  # scipy needs two per sample; one is its own resample
         point = np.asarray(statistic(*data, axis=-1))
         return point, point, np.repeat(point[..., None], n_boot, axis=-1)
 
