@@ -3,11 +3,12 @@ twin's own generator) on small fake pipeline outputs."""
 
 from __future__ import annotations
 
+import math
+
 import audmetric
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import binomtest
 
 from mambava import report
 from _fake_runs import make_bench, make_runs
@@ -66,15 +67,42 @@ def test_paired_bootstrap(runs):
     assert all(same[k] == (0.0, 0.0, 0.0) for k in report.METRICS) and same["p_better"] == 0.0
     with pytest.raises(ValueError, match="different frames"):
         report.paired_bootstrap(a.iloc[:-1], b)
+    # a slow reference: the same video draws (default_rng(seed), sorted videos), both models scored
+    # on the pooled frames of the drawn videos by audmetric's CCC, percentile bounds
+    videos = sorted(set(a.video))
+    m = a.merge(b, on=["video", "frame"], suffixes=("_a", "_b"))
+    rows = {v: np.flatnonzero(m.video.to_numpy() == v) for v in videos}
+    draw = np.random.default_rng(3)
+    reps = []
+    for _ in range(100):
+        idx = np.concatenate([rows[videos[i]] for i in draw.integers(0, len(videos), size=len(videos))])
+        r = m.iloc[idx]
+        c = []
+        for t in ("valence", "arousal"):
+            k = r[f"{t}_true_a"].to_numpy() != -5
+            c.append(audmetric.concordance_cc(r[f"{t}_true_a"].to_numpy()[k], r[f"{t}_a"].to_numpy()[k])
+                     - audmetric.concordance_cc(r[f"{t}_true_a"].to_numpy()[k], r[f"{t}_b"].to_numpy()[k]))
+        reps.append([c[0], c[1], (c[0] + c[1]) / 2])
+    reps = np.array(reps)
+    lo, hi = np.quantile(reps, [0.025, 0.975], axis=0)
+    for j, k in enumerate(report.METRICS):
+        assert d[k][1:] == pytest.approx((lo[j], hi[j]), abs=1e-9)
+    assert d["p_better"] == pytest.approx(np.mean(reps[:, 2] > 0))
     pv = report.paired_video_differences(a, b)
     ref = report.per_video_ccc(a).p_va.to_numpy() - report.per_video_ccc(b).p_va.to_numpy()
     assert np.allclose(pv.d_p_va, ref)
 
 
-@pytest.mark.parametrize("diffs", [[1, 2, -1, 3, 0.5, 2, -0.1, 4], [-1] * 7 + [1], [0.3]])
-def test_sign_test_matches_scipy(diffs):
+@pytest.mark.parametrize("diffs", [[1, 2, -1, 3, 0.5, 2, -0.1, 4], [-1] * 7 + [1], [0.3], [1, -1] * 5,
+                                   [2, 0, np.nan, -1, 3, 4, 5, 6, 7, 8, 9, 10, 11]])
+def test_sign_test_is_the_exact_binomial_sum(diffs):
+    """Oracle: 2 * sum_{i <= min(k, n-k)} C(n, i) / 2^n, capped at 1 (zeros and NaN dropped)."""
     d = np.array(diffs, dtype=float)
-    assert report.sign_test(d) == pytest.approx(binomtest(int((d > 0).sum()), len(d)).pvalue)
+    d = d[np.isfinite(d) & (d != 0)]
+    n, k = len(d), int((d > 0).sum())
+    want = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2**n)
+    assert report.sign_test(diffs) == pytest.approx(want, rel=1e-12)
+    assert report.sign_test([]) == 1.0
 
 
 def test_table1_puts_ours_beside_the_papers(runs):
