@@ -211,8 +211,8 @@ def test_ladder_interval_holds_seed_variance():
     assert hw[0] - lw[0] > 2 * (hc[0] - lc[0])
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_ladder_bootstrap_is_the_two_level_resampling(shared, monkeypatch):
+@pytest.mark.parametrize("shared,n_vid", [(True, [5, 5]), (False, [5, 4]), (False, [5, 1])])
+def test_ladder_bootstrap_is_the_two_level_resampling(shared, n_vid, monkeypatch):
     """Against a slow reference on the frames: draw videos (one draw for all folds when shared,
     else one per fold), then each fold's seeds, with replacement (default_rng(seed), in that order;
     a one-element sample is not drawn), pool the drawn videos' frames, CCC per seed by the formula,
@@ -222,7 +222,6 @@ def test_ladder_bootstrap_is_the_two_level_resampling(shared, monkeypatch):
 
     rng = np.random.default_rng(7)
     n_boot, seed = 150, 5
-    n_vid = [5, 5] if shared else [5, 4]
     seeds = {"a": [3, 1], "b": [2, 2]}
     vids = [[f"v{v}" for v in range(n)] for n in n_vid]
     frames = {c: [[_frames(rng, n_vid[f], 0.3 + 0.3 * s) for s in range(seeds[c][f])] for f in range(2)] for c in "ab"}
@@ -246,7 +245,8 @@ def test_ladder_bootstrap_is_the_two_level_resampling(shared, monkeypatch):
         return np.mean(per_fold, axis=0)
 
     def draws(r, cells):
-        v = [r.integers(0, n_vid[0], (n_boot, n_vid[0]))] if shared else [r.integers(0, n, (n_boot, n)) for n in n_vid]
+        v = [r.integers(0, n_vid[0], (n_boot, n_vid[0]))] if shared else [
+            r.integers(0, n, (n_boot, n)) if n > 1 else np.zeros((n_boot, 1), int) for n in n_vid]
         s = {c: [r.integers(0, k, (n_boot, k)) if k > 1 else np.zeros((n_boot, 1), int) for k in seeds[c]] for c in cells}
         return v, s
 

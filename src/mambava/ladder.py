@@ -119,7 +119,8 @@ def cell_statistic(per_fold: list[np.ndarray], shared: bool):
         for f, st in enumerate(per_fold):
             cc = np.moveaxis(ccc_from_stats(st[:, vids[sets[f]]].sum(axis=-3)), 0, -1)  # (*batch, 2, seeds)
             if st.shape[0] > 1:
-                cc = np.take_along_axis(cc, next(seeds)[..., None, :], axis=-1)
+                pick = next(seeds)  # (*batch, seeds); cc has no batch axes when no video was drawn
+                cc = np.take_along_axis(np.broadcast_to(cc, pick.shape[:-1] + cc.shape[-2:]), pick[..., None, :], axis=-1)
             folds.append(cc.mean(axis=-1))
         batch = np.broadcast_shapes(*(f.shape for f in folds))
         return np.moveaxis(np.mean([np.broadcast_to(f, batch) for f in folds], axis=0), -1, 0)
