@@ -9,6 +9,7 @@ import audmetric
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from mambava import report
 from _fake_runs import make_bench, make_runs
@@ -176,6 +177,41 @@ def test_pipeline_stages_and_edges(repo):
         assert (st.base == "train").sum() == 10 and "train@mae-mamba_va" in names and "train@oracle-frame" in names
     edges = report.pipeline_edges(st)
     assert ("data", "notebook_data") in edges and ("notebook_table1", "book") in edges
+
+
+def test_pipeline_stages_are_what_dvc_lists(tmp_path):
+    """A tiny project with ${...}, a matrix over a params list and a foreach, against the names
+    `dvc stage list --all --name-only` prints and the paths written out by hand."""
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text("variants: [a, b]\nout: res\nk: 3\n")
+    stages = {
+        "prep": {"cmd": "python prep.py --k ${k}", "deps": ["prep.py"], "params": ["k"], "outs": ["${out}/prep.csv"]},
+        "fit": {"matrix": {"variant": "${variants}", "fold": [0, 1]},
+                "cmd": ["python fit.py ${item.variant} ${item.fold}", "echo done"], "deps": ["${out}/prep.csv"],
+                "outs": ["${out}/${item.variant}/${item.fold}"],
+                "metrics": [{"${out}/${item.variant}-${item.fold}.json": {"cache": False}}]},
+        "show": {"foreach": {"x": 1, "y": 2}, "do": {"cmd": "echo ${item}", "deps": ["${out}/a/0"],
+                                                    "outs": ["show_${key}.txt"]}},
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "-q"], cwd=tmp_path, check=True)
+    listed = subprocess.run([*dvc, "stage", "list", "--all", "--name-only"], cwd=tmp_path, check=True,
+                            capture_output=True, text=True).stdout.split()
+    st = report.pipeline_stages(tmp_path / "dvc.yaml", tmp_path / "params.yaml")
+    assert list(st.stage) == listed
+    assert listed == ["prep", "fit@a-0", "fit@a-1", "fit@b-0", "fit@b-1", "show@x", "show@y"]
+    row = st.set_index("stage")
+    assert row.loc["prep", "cmd"] == "python prep.py --k 3" and row.loc["prep", "outs"] == ["res/prep.csv"]
+    assert row.loc["fit@b-1", "cmd"] == "python fit.py b 1 && echo done"
+    assert row.loc["fit@b-1", "outs"] == ["res/b/1", "res/b-1.json"] and row.loc["fit@b-1", "base"] == "fit"
+    assert row.loc["show@y", "cmd"] == "echo 2" and row.loc["show@y", "deps"] == ["res/a/0"]
+    assert report.pipeline_edges(st) == {("prep", "fit"), ("fit", "show")}
+    with pytest.raises(ValueError, match="params.yaml"):
+        report.pipeline_stages(tmp_path / "dvc.yaml", tmp_path / "other.yaml")
 
 
 def test_dataset_table():

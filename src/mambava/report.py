@@ -511,62 +511,32 @@ def docstring_markdown(doc: str, level: int = 3) -> str:
 
 
 # --------------------------------------------------------------------------- reproducibility
-def _interpolate(text: str, ctx: dict) -> str:
-    def get(m):
-        obj = ctx
-        for part in m.group(1).split("."):
-            if isinstance(obj, dict) and part in obj:
-                obj = obj[part]
-            else:
-                return m.group(0)
-        return str(obj)
-
-    return re.sub(r"\$\{\s*([\w.]+)\s*\}", get, text)
-
-
 def pipeline_stages(dvc_yaml: str | Path = "dvc.yaml", params_yaml: str | Path = "params.yaml") -> pd.DataFrame:
-    """The stages of dvc.yaml with matrix/foreach expanded: stage, base, cmd, deps, outs (lists)."""
-    import itertools
+    """The stages of ``dvc_yaml`` as DVC itself expands them (``dvc.repo.Repo(root).index.stages``:
+    ``${...}`` interpolated, matrix/foreach instances listed): stage (DVC's name, e.g.
+    ``train@mae-frame``), base (the name in dvc.yaml), cmd (commands joined by `` && ``), deps
+    (files and folders; the params are not listed), outs (with metrics and plots outputs) as lists
+    of paths.
 
-    spec = yaml.safe_load(Path(dvc_yaml).read_text()) or {}
-    params = yaml.safe_load(Path(params_yaml).read_text()) if Path(params_yaml).exists() else {}
+    DVC reads the ``params.yaml`` beside ``dvc.yaml`` (its default); ``params_yaml`` must be that
+    file. The folder needs no ``.dvc`` (it is opened uninitialized) and nothing is written."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    dvc_yaml = Path(dvc_yaml).resolve()
+    root = dvc_yaml.parent
+    if dvc_yaml.name != "dvc.yaml":
+        raise ValueError(f"{dvc_yaml}: DVC reads pipelines from a file named dvc.yaml")
+    if Path(params_yaml).resolve() != root / "params.yaml":
+        raise ValueError(f"{params_yaml}: DVC interpolates from {root / 'params.yaml'}; pass that file")
     rows = []
-
-    def paths(items, ctx):
-        out = []
-        for it in items or []:
-            p = next(iter(it)) if isinstance(it, dict) else it
-            out.append(_interpolate(str(p), ctx))
-        return out
-
-    for name, st in (spec.get("stages") or {}).items():
-        if "matrix" in st:
-            keys = list(st["matrix"])
-
-            def values(v):  # a matrix axis may name a list in params.yaml: `variant: ${variants}`
-                m = re.fullmatch(r"\$\{\s*([\w.]+)\s*\}", v) if isinstance(v, str) else None
-                if m:
-                    obj = params
-                    for part in m.group(1).split("."):
-                        obj = obj[part]
-                    return obj
-                return v
-
-            combos = [dict(zip(keys, vals)) for vals in itertools.product(*(values(st["matrix"][k]) for k in keys))]
-            items = [({**params, "item": c}, name + "@" + "-".join(str(c[k]) for k in keys)) for c in combos]
-            body = st
-        elif "foreach" in st:
-            fe = st["foreach"]
-            fe = fe.items() if isinstance(fe, dict) else ((v, v) for v in fe)
-            items = [({**params, "item": v, "key": k}, f"{name}@{k}") for k, v in fe]
-            body = st["do"]
-        else:
-            items, body = [(params, name)], st
-        for ctx, sname in items:
-            rows.append({"stage": sname, "base": name, "cmd": _interpolate(str(body.get("cmd", "")), ctx),
-                         "deps": paths(body.get("deps"), ctx),
-                         "outs": paths(body.get("outs"), ctx) + paths(body.get("metrics"), ctx)
-                         + paths(body.get("plots"), ctx)})
+    with Repo(str(root), uninitialized=True) as repo:
+        for st in repo.index.stages:
+            if st.path != str(dvc_yaml):  # a .dvc file, not a pipeline stage
+                continue
+            cmd = st.cmd if isinstance(st.cmd, str) else " && ".join(st.cmd or [])
+            rows.append({"stage": st.addressing.split(":")[-1], "base": st.name.split("@")[0], "cmd": cmd,
+                         "deps": [d.def_path for d in st.deps if not isinstance(d, ParamsDependency)], "outs": [o.def_path for o in st.outs]})
     return pd.DataFrame(rows, columns=["stage", "base", "cmd", "deps", "outs"])
 
 
