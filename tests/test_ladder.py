@@ -296,3 +296,12 @@ def test_leak_effect_is_the_frame_weighted_difference():
     assert e["ccc_valence"]["lo"] > 0.1  # a real leak is detected
     assert e["ccc_arousal"]["lo"] < 0 < e["ccc_arousal"]["hi"]  # no leak, no claim
     assert e["n_leaked_videos"] == 12 and e["n_clean_videos"] == 12  # only official training videos compare
+    # the interval against a slow reference: leaked and clean videos drawn independently
+    # (default_rng(seed): all draws of the leaked group, then of the clean group), percentile bounds
+    r = np.random.default_rng(0)
+    da, db = r.integers(0, len(a), (500, len(a))), r.integers(0, len(b), (500, len(b)))
+    for key in ("ccc_valence", "ccc_arousal", "p_va"):
+        reps = [np.average(a[key].to_numpy()[i], weights=a.n_frames.to_numpy()[i])
+                - np.average(b[key].to_numpy()[j], weights=b.n_frames.to_numpy()[j]) for i, j in zip(da, db)]
+        lo, hi = np.quantile(reps, [0.025, 0.975])
+        assert (e[key]["lo"], e[key]["hi"]) == pytest.approx((lo, hi), abs=5e-5)  # rounded to 4 places
