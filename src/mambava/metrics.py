@@ -12,7 +12,9 @@ predictions (NaN, inf) are refused with :class:`mambava.checks.NonFiniteError`: 
 model must not score 0 and carry on.
 
 ``ccc`` (numpy, float64) is for evaluation; ``ccc_torch``/``ccc_loss`` (torch, differentiable)
-are for training. Both share the masking convention.
+are for training. Both share the masking convention. Intervals are video-level bootstraps through
+``scipy.stats.bootstrap`` (:func:`bootstrap`, :func:`bootstrap_ccc`; percentile, see
+``BOOTSTRAP_METHOD`` for why not BCa).
 """
 
 from __future__ import annotations
