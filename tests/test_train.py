@@ -23,7 +23,7 @@ from torch import nn
 
 from mambava.config import EvaluateConfig, TrainConfig
 from mambava.data.windows import Video, Windows
-from mambava.train import EVAL_COLUMNS, Interrupted, epoch_order, eval_points, fit, lr_factor
+from mambava.train import EVAL_COLUMNS, Interrupted, epoch_order, eval_points, fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,24 +79,6 @@ def train_once(out, interrupt_at=None, seed=0, **kw):
 
 def strip_time(summary):
     return {k: v for k, v in summary.items() if not k.startswith("second")}
-
-
-# --------------------------------------------------------------------------- schedule
-@pytest.mark.parametrize("mult", [1, 2])
-def test_lr_factor_matches_torch_cosine_warm_restarts(mult):
-    warm, period = 5, 7
-    p = nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=1.0)
-    ref = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=period, T_mult=mult, eta_min=0.1)
-    for step in range(warm, warm + 60):
-        assert lr_factor(step, warm, period, mult, 0.1) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
-        opt.step()
-        ref.step()
-
-
-def test_lr_warmup_is_linear():
-    assert [lr_factor(s, 4, 10) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert lr_factor(4, 4, 10) == 1.0  # cosine starts at the top
 
 
 def test_epoch_order_and_eval_points():

@@ -9,7 +9,7 @@ environment pages' loaders (:mod:`mambava.book_data`).
 
 CCCs shown in the book are recomputed from ``predictions.csv`` (the split's frames concatenated,
 -5 excluded, as the challenge scores) and checked against ``metrics.json``; intervals are
-video-level bootstrap percentiles (:func:`mambava.metrics.bootstrap_ccc`).
+video-level bootstrap percentile intervals (:func:`mambava.metrics.bootstrap_ccc`, scipy).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from mambava.book_data import (  # noqa: F401  (the notebooks' one import: `from
     mean_expression,
     project_2d,
 )
-from mambava.metrics import bootstrap_ccc, ccc_va, label_mask
+from mambava.metrics import bootstrap, bootstrap_ccc, ccc, ccc_va, ccc_va_from_stats, label_mask, per_video_stats
 from mambava.models import VARIANT_LABELS, VARIANTS  # noqa: F401
 from mambava.results import (  # noqa: F401
     METRIC_LABELS,
@@ -103,8 +103,9 @@ def paired_bootstrap(pred_a: pd.DataFrame, pred_b: pd.DataFrame, n_boot: int = 1
     """Split-level CCC of A minus that of B, with a paired video-level bootstrap interval.
 
     Both prediction tables must cover the same frames (same video, frame and truth). Each resample
-    draws videos with replacement and scores A and B on the *same* videos, so the interval is of
-    the difference, not of two independent scores. Returns {metric: (diff, lo, hi)} and
+    draws videos with replacement and scores A and B on the *same* videos (``scipy.stats.bootstrap``
+    with ``paired=True``; percentile intervals, as :func:`mambava.metrics.bootstrap`), so the interval is of the
+    difference, not of two independent scores. Returns {metric: (diff, lo, hi)} and
     ``p_better``: the fraction of resamples where A's P_VA exceeds B's.
     """
     key = ["video", "frame"]
@@ -115,30 +116,18 @@ def paired_bootstrap(pred_a: pd.DataFrame, pred_b: pd.DataFrame, n_boot: int = 1
         if not np.array_equal(m[f"{c}_a"].to_numpy(), m[f"{c}_b"].to_numpy()):
             raise ValueError(f"paired_bootstrap: {c} differs between the two tables")
     t = m[["valence_true_a", "arousal_true_a"]].to_numpy(np.float64)
-    pa = m[["valence_a", "arousal_a"]].to_numpy(np.float64)
-    pb = m[["valence_b", "arousal_b"]].to_numpy(np.float64)
-    videos, inv = np.unique(m["video"].to_numpy(), return_inverse=True)
-    order = np.argsort(inv, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(inv, minlength=len(videos)))])
+    g = m["video"].to_numpy()
+    _, sa = per_video_stats(m[["valence_a", "arousal_a"]].to_numpy(np.float64), t, g)
+    _, sb = per_video_stats(m[["valence_b", "arousal_b"]].to_numpy(np.float64), t, g)
 
-    def diff(idx):
-        a, b = ccc_va(pa[idx], t[idx]), ccc_va(pb[idx], t[idx])
-        return np.array([a[k] - b[k] for k in METRICS])
+    def diff(ia, ib, axis=-1):  # paired=True: ia and ib are the same video draw
+        return ccc_va_from_stats(sa[ia].sum(axis=-3)) - ccc_va_from_stats(sb[ib].sum(axis=-3))
 
-    point = diff(np.arange(len(m)))
-    rng = np.random.default_rng(seed)
-    stats = np.full((n_boot, 3), np.nan)
-    for i in range(n_boot):
-        pick = rng.integers(0, len(videos), size=len(videos))
-        idx = np.concatenate([order[bounds[g]:bounds[g + 1]] for g in pick])
-        try:
-            stats[i] = diff(idx)
-        except ValueError:  # a resample without labelled frames
-            pass
-    alpha = (1 - level) / 2
-    lo, hi = np.nanquantile(stats, [alpha, 1 - alpha], axis=0)
+    videos = np.arange(len(sa))
+    point = diff(videos, videos)
+    lo, hi, reps = bootstrap((videos, videos), diff, n_boot, seed, level, paired=True)
     out = {k: (float(point[j]), float(lo[j]), float(hi[j])) for j, k in enumerate(METRICS)}
-    out["p_better"] = float(np.nanmean(stats[:, 2] > 0))
+    out["p_better"] = float(np.nanmean(reps[2] > 0))
     return out
 
 
@@ -153,14 +142,15 @@ def paired_video_differences(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.D
 
 
 def sign_test(diffs) -> float:
-    """Two-sided exact sign test p-value of paired differences (zeros dropped)."""
+    """Two-sided exact sign test p-value of paired differences (zeros dropped): the binomial test
+    of the number of positive differences against p = 1/2 (``scipy.stats.binomtest``)."""
+    from scipy.stats import binomtest
+
     d = np.asarray(diffs, dtype=float)
     d = d[np.isfinite(d) & (d != 0)]
-    n, k = len(d), int((d > 0).sum())
-    if n == 0:
+    if len(d) == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2**n
-    return float(min(1.0, 2 * tail))
+    return float(binomtest(int((d > 0).sum()), len(d), 0.5, alternative="two-sided").pvalue)
 
 
 def fold_scores(runs: str | Path, variant: str, split: str = "validation", n_boot: int = 0,
@@ -181,62 +171,32 @@ def fold_scores(runs: str | Path, variant: str, split: str = "validation", n_boo
 
 
 # --------------------------------------------------------------------------- reproducibility
-def _interpolate(text: str, ctx: dict) -> str:
-    def get(m):
-        obj = ctx
-        for part in m.group(1).split("."):
-            if isinstance(obj, dict) and part in obj:
-                obj = obj[part]
-            else:
-                return m.group(0)
-        return str(obj)
-
-    return re.sub(r"\$\{\s*([\w.]+)\s*\}", get, text)
-
-
 def pipeline_stages(dvc_yaml: str | Path = "dvc.yaml", params_yaml: str | Path = "params.yaml") -> pd.DataFrame:
-    """The stages of dvc.yaml with matrix/foreach expanded: stage, base, cmd, deps, outs (lists)."""
-    import itertools
+    """The stages of ``dvc_yaml`` as DVC itself expands them (``dvc.repo.Repo(root).index.stages``:
+    ``${...}`` interpolated, matrix/foreach instances listed): stage (DVC's name, e.g.
+    ``train@mae-frame``), base (the name in dvc.yaml), cmd (commands joined by `` && ``), deps
+    (files and folders; the params are not listed), outs (with metrics and plots outputs) as lists
+    of paths.
 
-    spec = yaml.safe_load(Path(dvc_yaml).read_text()) or {}
-    params = yaml.safe_load(Path(params_yaml).read_text()) if Path(params_yaml).exists() else {}
+    DVC reads the ``params.yaml`` beside ``dvc.yaml`` (its default); ``params_yaml`` must be that
+    file. The folder needs no ``.dvc`` (it is opened uninitialized) and nothing is written."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    dvc_yaml = Path(dvc_yaml).resolve()
+    root = dvc_yaml.parent
+    if dvc_yaml.name != "dvc.yaml":
+        raise ValueError(f"{dvc_yaml}: DVC reads pipelines from a file named dvc.yaml")
+    if Path(params_yaml).resolve() != root / "params.yaml":
+        raise ValueError(f"{params_yaml}: DVC interpolates from {root / 'params.yaml'}; pass that file")
     rows = []
-
-    def paths(items, ctx):
-        out = []
-        for it in items or []:
-            p = next(iter(it)) if isinstance(it, dict) else it
-            out.append(_interpolate(str(p), ctx))
-        return out
-
-    for name, st in (spec.get("stages") or {}).items():
-        if "matrix" in st:
-            keys = list(st["matrix"])
-
-            def values(v):  # a matrix axis may name a list in params.yaml: `variant: ${variants}`
-                m = re.fullmatch(r"\$\{\s*([\w.]+)\s*\}", v) if isinstance(v, str) else None
-                if m:
-                    obj = params
-                    for part in m.group(1).split("."):
-                        obj = obj[part]
-                    return obj
-                return v
-
-            combos = [dict(zip(keys, vals)) for vals in itertools.product(*(values(st["matrix"][k]) for k in keys))]
-            items = [({**params, "item": c}, name + "@" + "-".join(str(c[k]) for k in keys)) for c in combos]
-            body = st
-        elif "foreach" in st:
-            fe = st["foreach"]
-            fe = fe.items() if isinstance(fe, dict) else ((v, v) for v in fe)
-            items = [({**params, "item": v, "key": k}, f"{name}@{k}") for k, v in fe]
-            body = st["do"]
-        else:
-            items, body = [(params, name)], st
-        for ctx, sname in items:
-            rows.append({"stage": sname, "base": name, "cmd": _interpolate(str(body.get("cmd", "")), ctx),
-                         "deps": paths(body.get("deps"), ctx),
-                         "outs": paths(body.get("outs"), ctx) + paths(body.get("metrics"), ctx)
-                         + paths(body.get("plots"), ctx)})
+    with Repo(str(root), uninitialized=True) as repo:
+        for st in repo.index.stages:
+            if st.path != str(dvc_yaml):  # a .dvc file, not a pipeline stage
+                continue
+            cmd = st.cmd if isinstance(st.cmd, str) else " && ".join(st.cmd or [])
+            rows.append({"stage": st.addressing.split(":")[-1], "base": st.name.split("@")[0], "cmd": cmd,
+                         "deps": [d.def_path for d in st.deps if not isinstance(d, ParamsDependency)], "outs": [o.def_path for o in st.outs]})
     return pd.DataFrame(rows, columns=["stage", "base", "cmd", "deps", "outs"])
 
 

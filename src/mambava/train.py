@@ -5,8 +5,9 @@ Windows of ``train.window`` frames with stride ``train.stride`` (``window_fold0`
 on fold 0) of the fold's training videos, in batches of ``train.batch_size``; loss
 ``(1 - CCC_v) + (1 - CCC_a)`` over the batch with frames labelled -5 (and window padding) masked;
 AdamW; the learning rate rises linearly for ``warmup_epochs`` and then follows cosine annealing
-with warm restarts, stepped per batch (:func:`lr_factor`, the curve of PyTorch's
-``CosineAnnealingWarmRestarts``); gradients clipped to ``grad_clip``. The fold's validation
+with warm restarts, stepped per batch (:func:`mambava.schedules.warmup_cosine`: PyTorch's
+``SequentialLR`` of ``LinearLR`` and ``CosineAnnealingWarmRestarts``); gradients clipped to
+``grad_clip``. The fold's validation
 videos are predicted ``evals_per_epoch`` times per epoch with the ``evaluate`` section's
 inference; the weights with the best CCC_v + CCC_a are kept in ``best.pt``.
 
@@ -48,6 +49,7 @@ from mambava.io import write_text as atomic_write_text
 from mambava.io import write_torch as atomic_torch_save
 from mambava.metrics import ccc_loss, ccc_va
 from mambava.resume import pause_point
+from mambava.schedules import warmup_cosine
 
 log = logging.getLogger("mambava.train")
 
@@ -58,26 +60,6 @@ CHECKPOINT_FORMAT = 1
 
 class Interrupted(RuntimeError):
     """Raised by the ``interrupt_at`` test hook, as if the process had been killed there."""
-
-
-# --------------------------------------------------------------------------- schedule
-def lr_factor(step: int, warmup_steps: int, period_steps: int, mult: int = 1, min_ratio: float = 0.0) -> float:
-    """Learning-rate multiplier after ``step`` optimizer steps.
-
-    Linear warm-up from 1/warmup to 1 over ``warmup_steps``, then cosine annealing with warm
-    restarts from 1 to ``min_ratio`` over periods of ``period_steps`` (x ``mult`` after each).
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    t = step - warmup_steps
-    period = max(1, period_steps)
-    if mult == 1:
-        t %= period
-    else:
-        n = int(math.log(t / period * (mult - 1) + 1, mult))
-        t -= period * (mult**n - 1) // (mult - 1)
-        period *= mult**n
-    return min_ratio + (1.0 - min_ratio) * (1.0 + math.cos(math.pi * t / period)) / 2.0
 
 
 def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -198,10 +180,7 @@ def fit(
     points = eval_points(spe, tc.evals_per_epoch)
     opt = torch.optim.AdamW(optimizer_groups(model, tc.weight_decay), lr=tc.lr)
     warm, period = tc.warmup_epochs * spe, tc.restart_epochs * spe
-    ratio = tc.min_lr / tc.lr
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, warm, period, tc.restart_mult, ratio)
-    )
+    sched = warmup_cosine(opt, warm, period, tc.restart_mult, eta_min=tc.min_lr)
 
     step, elapsed = 0, 0.0
     best = {"score": -math.inf, "step": 0, "ccc_valence": math.nan, "ccc_arousal": math.nan, "p_va": math.nan}

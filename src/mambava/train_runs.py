@@ -42,18 +42,19 @@ def fingerprint_of(parts: dict) -> str:
 
 
 def code_digest() -> dict[str, str]:
-    """SHA-256 of the code a run's numbers depend on (training loop and stage, run-time layer, models,
-    windows, metrics, inference): a finished run is kept only if this code is unchanged too."""
+    """SHA-256 of the code a run's numbers depend on (training loop and stage, run-time layer, schedules,
+    models, windows, metrics, inference): a finished run is kept only if this code is unchanged too."""
     import mambava.data.windows
     import mambava.inference
     import mambava.metrics
     import mambava.models
     import mambava.runtime
+    import mambava.schedules
     import mambava.train
 
     files = [Path(mambava.train.__file__), Path(__file__), Path(mambava.runtime.__file__),
              Path(mambava.data.windows.__file__), Path(mambava.inference.__file__),
-             Path(mambava.metrics.__file__), *sorted(Path(mambava.models.__file__).parent.glob("*.py"))]
+             Path(mambava.metrics.__file__), Path(mambava.schedules.__file__), *sorted(Path(mambava.models.__file__).parent.glob("*.py"))]
     return content_digest(files)
 
 
