@@ -106,7 +106,7 @@ def write_layouts(lengths: list[int], dim: int, tmp: Path, seed: int = 0):
     import pandas as pd
 
     from mambava.data.affwild2 import write_annotation
-    from mambava.features.extract import feature_path, mask_path
+    from mambava.features.store import feature_path, mask_path
 
     rng = np.random.default_rng(seed)
     ours_dir, theirs_dir = tmp / f"ours{dim}", tmp / f"theirs{dim}"

@@ -106,7 +106,7 @@ def make_runs(out: Path, seed: int = 0, folds=range(6), videos_per_fold: int = 4
 def make_ladder(out: Path, runs: Path, n_boot: int = 50) -> Path:
     """<out>/ladder: the ladder of the fake runs (MAE rung only: fakes have no twin truth), made by
     the library's own code, and a leakage.json as the leakage stage writes it."""
-    from mambava.config import VARIANTS
+    from mambava.models import VARIANTS
     from mambava.ladder import build, comparisons, write
 
     folds = sorted(int(p.name.removeprefix("fold")) for p in (runs / "mamba_va").glob("fold*"))

@@ -51,7 +51,7 @@ def build(root: Path, variant: str = "mamba_va", train: bool = True):
     run_folds(cfg)
     if train:
         from mambava import evaluate
-        from mambava import train as train_stage
+        from mambava import train_runs as train_stage
 
         train_stage.run(cfg, variant, 0, progress=False)
         evaluate.run(cfg, variant, 0)

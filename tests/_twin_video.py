@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mambava.data.synthetic import Renderer, expression_track, latent_trajectories, sample_identity
+from mambava.data.render import Renderer, expression_track, sample_identity
+from mambava.data.synthetic import latent_trajectories
 
 
 def true_eyes(ident, p: dict, size: int) -> tuple[np.ndarray, np.ndarray]:

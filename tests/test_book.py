@@ -8,6 +8,7 @@ the full book (every notebook) is a slow test. Screenshots (headless Chromium) a
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,19 @@ def test_every_book_page_has_a_source_notebook_and_a_stage():
         assert f"book/notebooks/{name}.ipynb" in stages["book"]["deps"]
 
 
+def test_each_page_shows_its_parameters_once():
+    """The defaults cell (tag ``parameters``) is removed from the page (``remove-cell``); papermill's
+    injected cell shows the values used, so every stage passes every parameter (``-p``)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert "remove-cell" in cell.metadata["tags"], path.name
+        names = set(re.findall(r"^(\w+)\s*=", cell.source, re.M))
+        passed = set(re.findall(r" -p (\w+) ", stages[f"notebook_{path.stem}"]["cmd"][0] + " "))
+        assert names == passed, f"{path.name}: defaults not passed by its stage: {names - passed}"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_source_notebooks_are_clean(path):
     nb = nbformat.read(path, as_version=4)
@@ -77,22 +91,45 @@ def test_source_notebooks_are_clean(path):
 # --------------------------------------------------------------------------- strip
 def test_strip_notebook_removes_what_changes(tmp_path):
     nb = nbformat.v4.new_notebook()
-    nb.metadata["papermill"] = {"start_time": "x", "end_time": "y", "duration": 1.0, "parameters": {"a": 1}}
+    nb.metadata["papermill"] = {"start_time": "x", "end_time": "y", "duration": 1.0, "parameters": {"a": 1},
+                                "environment_variables": {}, "version": "2.7.0", "input_path": "in.ipynb"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     c = nbformat.v4.new_code_cell("1 + 1", execution_count=7)
     c.metadata["execution"] = {"iopub.execute_input": "2025-01-01T00:00:00"}
     c.metadata["papermill"] = {"duration": 0.1, "status": "completed"}
-    c.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=7)]
+    c.metadata["tags"] = ["keep-me"]
+    c.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=7),
+                 nbformat.v4.new_output("stream", name="stdout", text="hello\n")]
+    inj = nbformat.v4.new_code_cell("a = 1", execution_count=3)
+    inj.metadata["tags"] = ["injected-parameters"]
+    inj["id"] = "6f1c2a9e"  # papermill's random id
     p = tmp_path / "x.ipynb"
-    nbformat.write(nb.__class__(**{**nb, "cells": [c]}), p)
+    nbformat.write(nb.__class__(**{**nb, "cells": [inj, c]}), p)
     book.strip_notebook(p)
     first = p.read_text()
+    # read back as plain JSON, independently of nbformat/nbstripout
     data = json.loads(first)
     assert data["metadata"]["papermill"] == {"parameters": {"a": 1}}
-    cell = data["cells"][0]
-    assert cell["execution_count"] is None and cell["outputs"][0]["execution_count"] is None
+    assert data["metadata"]["kernelspec"]["name"] == "python3"
+    cells = data["cells"]
+    assert [x["id"] for x in cells] == ["0", "1"]  # no random id left
+    cell = cells[1]
+    assert all(x["execution_count"] is None for x in cells)
+    assert cell["outputs"][0]["execution_count"] is None
+    assert "".join(cell["outputs"][0]["data"]["text/plain"]) == "2" and "hello" in "".join(cell["outputs"][1]["text"])  # kept
     assert "execution" not in cell["metadata"] and "papermill" not in cell["metadata"]
+    assert cell["metadata"]["tags"] == ["keep-me"] and cells[0]["metadata"]["tags"] == ["injected-parameters"]
     book.strip_notebook(p)
     assert p.read_text() == first
+    # a second execution with other timestamps and ids strips to the same bytes
+    nb2 = json.loads(first)
+    nb2["metadata"]["papermill"].update(start_time="z", duration=9.0)
+    nb2["cells"][0]["id"] = "0b7d"
+    nb2["cells"][1]["execution_count"] = 12
+    q = tmp_path / "y.ipynb"
+    q.write_text(json.dumps(nb2))
+    book.strip_notebook(q)
+    assert q.read_text() == first
 
 
 # --------------------------------------------------------------------------- HTML check
@@ -160,6 +197,10 @@ def test_one_page_book_builds_offline_and_passes_the_check(fake, tmp_path):
     page = (html / "notebooks" / "table1.html").read_text()
     assert "0.5454" in page  # the paper's number, from the reference file
     assert "Baseline (organisers)" in page
+    # the parameters once: papermill's injected cell (the values used), not the defaults cell too
+    text = re.sub(r"<[^>]+>", "", page)
+    assert text.count("n_boot = 20") == 1 and "# Parameters" in text
+    assert "protocol and folds settings" not in text and "n_boot = 1000" not in text  # the defaults cell
     # a broken page is caught: an image that does not resolve
     (html / "notebooks" / "table1.html").write_text(page.replace('src="../_images/', 'src="../_images/gone-'))
     assert any("does not resolve" in p for p in book.check_book(html, pages={"table1": book.PAGES["table1"]}))

@@ -28,15 +28,37 @@ def test_every_direct_dependency_is_pinned(repo):
         assert "==" in r, f"pyproject.toml: {r!r} is not pinned with =="
 
 
+# conda-forge's names of the pip packages (the same code; the -base packages leave out GUI extras)
+CONDA_NAMES = {"pytorch": "torch", "matplotlib-base": "matplotlib", "seaborn-base": "seaborn"}
+# What conda-forge does not ship under the pip package's name and version: pip installs these.
+PIP_ONLY = {"opencv-python-headless", "audmetric"}
+
+
+def _environment(repo):
+    """(conda pins with pip's names, pip pins, python spec) of environment.yml."""
+    env = yaml.safe_load((repo / "environment.yml").read_text())
+    assert env["channels"][0] == "conda-forge"
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip_block = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    conda_pins = {CONDA_NAMES.get(k, k): v for k, v in _pins(conda).items()}
+    return conda_pins, _pins([p for p in pip_block if not p.startswith("-")]), [d for d in conda if d.startswith("python")]
+
+
 def test_environment_yml_matches_pyproject(repo):
     base, dev = _pyproject(repo)
     want = _pins(base + dev)
-    env = yaml.safe_load((repo / "environment.yml").read_text())
-    pip_block = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
-    have = _pins([p for p in pip_block if not p.startswith("-")])
+    conda, pip, pythons = _environment(repo)
+    assert not set(conda) & set(pip), "a package installed twice"
+    have = {**conda, **pip}
     assert have == want, f"differences: {set(have.items()) ^ set(want.items())}"
-    pythons = [d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python")]
     assert pythons == ["python=3.11"]
+
+
+def test_environment_yml_takes_the_scientific_stack_from_conda_forge(repo):
+    conda, pip, _ = _environment(repo)
+    assert set(pip) == PIP_ONLY, f"from pip but on conda-forge: {set(pip) - PIP_ONLY}; missing: {PIP_ONLY - set(pip)}"
+    for name in ("torch", "numpy", "scipy", "pandas", "numba", "scikit-learn", "matplotlib", "dvc"):
+        assert name in conda, f"{name} is not installed from conda-forge"
 
 
 def test_lock_agrees_with_pins(repo):

@@ -19,12 +19,12 @@ from mambava.evaluate import (
     SUBMISSION_HEADER,
     check_submission,
     predictions_frame,
-    read_predictions,
     score,
     submission_frame,
     write_csv,
 )
 from mambava.inference import predict_video
+from mambava.results import load_predictions
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import TinyCausal, make_videos  # noqa: E402
@@ -70,7 +70,7 @@ def test_score_recomputed_from_saved_predictions(tmp_path):
     preds = [np.clip(np.where(v.labels == -5, 0, v.labels) + rng.normal(0, 0.4, v.labels.shape), -1, 1).astype(np.float32)
              for v in vids]
     write_csv(predictions_frame(vids, preds), tmp_path / "predictions.csv")
-    df = read_predictions(tmp_path / "predictions.csv")
+    df = load_predictions(tmp_path / "predictions.csv")
     assert list(df.columns) == ["video", "frame", "valence", "arousal", "valence_true", "arousal_true"]
     assert len(df) == sum(len(v.labels) for v in vids)
     assert (df.groupby("video")["frame"].min() == 1).all()
@@ -130,6 +130,7 @@ def test_submission_rows_order_and_check(tmp_path):
 def tiny_project(tmp_path, monkeypatch):
     """index, annotations and features of 12 small videos; the stand-in model for every variant."""
     import mambava.inference as inf
+    import mambava.models as models
 
     vids = make_videos(n_videos=12, dim=6, seed=5, lengths=(60, 130))
     names = [f"vid{i:02d}" for i in range(10)] + ["rec_left", "rec_right"]
@@ -159,14 +160,15 @@ train: {{out: {tmp_path}/models, epochs: 2, warmup_epochs: 1, restart_epochs: 1,
          window: 32, stride: 24, window_fold0: 48, stride_fold0: 40, evals_per_epoch: 2, seeds: 2, workers: 1}}
 evaluate: {{n_boot: 50, out: {tmp_path}/runs}}
 """)
-    monkeypatch.setattr(inf, "variant_model_config", lambda m, v: m)
-    monkeypatch.setattr(inf, "build_model", lambda m: TinyCausal(m.input_dim))
+    monkeypatch.setattr(models, "variant_config", lambda m, v: m)
+    monkeypatch.setattr(models, "build_model", lambda m: TinyCausal(m.input_dim))
     monkeypatch.setattr(inf, "scan_backend", lambda m, d: "none")
     return load_config(params), tmp_path, dict(zip(names, vids))
 
 
 def test_stages_end_to_end(tiny_project):
-    from mambava import evaluate, train
+    from mambava import evaluate
+    from mambava import train_runs as train
     from mambava.data.windows import read_folds, run_folds
 
     cfg, root, vids = tiny_project
@@ -250,7 +252,8 @@ def test_stages_end_to_end(tiny_project):
 
 
 def test_stage_errors_name_files(tiny_project):
-    from mambava import evaluate, train
+    from mambava import evaluate
+    from mambava import train_runs as train
 
     cfg, root, _ = tiny_project
     with pytest.raises(FileNotFoundError, match="folds.csv"):
@@ -262,7 +265,8 @@ def test_stage_errors_name_files(tiny_project):
 def test_stage_runs_every_fold_and_seed_and_keeps_finished_runs(tiny_project):
     """run_all: every (fold, seed), the same results with 2 worker processes as with 1; a rerun keeps
     finished runs; a change in the features' content (same shape) retrains."""
-    from mambava import evaluate, train
+    from mambava import evaluate
+    from mambava import train_runs as train
     from mambava.data.windows import run_folds
 
     cfg, root, vids = tiny_project

@@ -15,13 +15,8 @@ from _tiny_layout import MeanColour, decode_frame, make_layout
 
 from mambava.config import FACE_MEAN, FACE_STD
 from mambava.data.affwild2 import load_index
-from mambava.features.extract import (
-    KILL_AFTER_ENV,
-    extract_features,
-    fill_missing,
-    load_features,
-    mask_path,
-)
+from mambava.features.extract import KILL_AFTER_ENV, extract_features
+from mambava.features.store import fill_missing, load_features, mask_path
 
 VIDEOS = {
     # starts without a face, a gap in the middle, 3 images past the end of the annotation

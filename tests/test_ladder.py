@@ -30,7 +30,7 @@ def twin(tmp_path_factory):
 def test_oracle_features_are_the_rendered_parameters(twin):
     """Read the truth file independently (np.load, by name) and compare column by column."""
     from mambava.data.oracle import COLUMNS, build_oracle_store
-    from mambava.features.extract import load_features
+    from mambava.features.store import load_features
 
     tmp, root, truth, index = twin
     out = tmp / "oracle"
@@ -74,11 +74,13 @@ def test_oracle_features_are_the_rendered_parameters(twin):
 
 
 def test_label_ceiling_is_the_latent_at_label_time(twin):
-    from mambava.data.oracle import label_ceiling
+    from mambava.data.oracle import latent_and_labels
+    from mambava.metrics import ccc_va
 
     tmp, root, truth, index = twin
     test = list(index.loc[index.split == "test", "video"])
-    got = label_ceiling(index, truth, test)
+    pairs = [latent_and_labels(index, truth, v) for v in test]  # what the ladder's ceiling scores
+    got = ccc_va(np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs]))
     preds, trues = [], []
     for v in test:
         z = np.load(truth / f"{v}.npz")
@@ -187,33 +189,94 @@ def test_ccc_from_stats_matches_the_formula():
     assert got[1] == pytest.approx(ccc(pred[k, 1], truth[k, 1]), abs=1e-9)
 
 
+def _frames(rng, n_vid, noise, n=60):
+    """One seed's predictions: a table of n_vid videos with per-video offsets (video variance)."""
+    rows = []
+    for v in range(n_vid):
+        y = rng.uniform(-1, 1, (n, 2))
+        x = y + rng.normal(0, noise, (n, 2)) + rng.normal(0, 0.2, 2)
+        rows.append(pd.DataFrame({"video": f"v{v}", "valence": x[:, 0], "arousal": x[:, 1],
+                                  "valence_true": y[:, 0], "arousal_true": y[:, 1]}))
+    return pd.concat(rows, ignore_index=True)
+
+
 def test_ladder_interval_holds_seed_variance():
     """Two cells with the same mean: one whose seeds disagree gets the wider interval."""
-    from mambava.ladder import _draws, cell_scores
+    from mambava.ladder import cell_bootstrap, video_stats
 
     rng = np.random.default_rng(1)
-    n_vid = 8
+    vids = [f"v{v}" for v in range(8)]
+    calm = [np.stack([video_stats(_frames(rng, 8, 0.3), vids) for _ in range(3)])]
+    wild = [np.stack([video_stats(_frames(rng, 8, s), vids) for s in (0.1, 0.6, 1.2)])]
+    _, lc, hc, _ = cell_bootstrap(calm, True, 2000, 0)
+    _, lw, hw, _ = cell_bootstrap(wild, True, 2000, 0)
+    assert hw[0] - lw[0] > 2 * (hc[0] - lc[0])
 
-    def stats(noise):
-        out = []
-        for _ in range(3):  # seeds
-            per_video = []
-            for _ in range(n_vid):
-                y = rng.uniform(-1, 1, 200)
-                x = y + rng.normal(0, noise, 200)
-                per_video.append([[len(x), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()]] * 2)
-            out.append(per_video)
-        return np.array(out)
 
-    calm = [stats(0.3)]
-    # seeds that disagree: one good, one mediocre, one poor
-    wild = [np.stack([stats(0.1)[0], stats(0.6)[0], stats(1.2)[0]])]
-    vcounts, _ = _draws([n_vid], [1], 2000, 0, True)
-    _, pc = _draws([n_vid], [3], 2000, 5, True)
-    _, rc = cell_scores(calm, vcounts, pc)
-    _, rw = cell_scores(wild, vcounts, pc)
-    width = lambda r: np.subtract(*np.quantile(r[:, 0], [0.975, 0.025]))  # noqa: E731
-    assert width(rw) > 2 * width(rc)
+@pytest.mark.parametrize("shared,n_vid", [(True, [5, 5]), (False, [5, 4]), (False, [5, 1])])
+def test_ladder_bootstrap_is_the_two_level_resampling(shared, n_vid, monkeypatch):
+    """Against a slow reference on the frames: draw videos (one draw for all folds when shared,
+    else one per fold), then each fold's seeds, with replacement (default_rng(seed), in that order;
+    a one-element sample is not drawn), pool the drawn videos' frames, CCC per seed by the formula,
+    mean over drawn seeds, then folds; percentile bounds. And compare(): the same for a - b, with
+    a's then b's seeds drawn after the shared videos."""
+    from mambava.ladder import build, compare
+
+    rng = np.random.default_rng(7)
+    n_boot, seed = 150, 5
+    seeds = {"a": [3, 1], "b": [2, 2]}
+    vids = [[f"v{v}" for v in range(n)] for n in n_vid]
+    frames = {c: [[_frames(rng, n_vid[f], 0.3 + 0.3 * s) for s in range(seeds[c][f])] for f in range(2)] for c in "ab"}
+
+    def ref_ccc(df, cols):
+        k = df[f"{cols}_true"].to_numpy() != -5
+        x, y = df[cols].to_numpy()[k], df[f"{cols}_true"].to_numpy()[k]
+        mx, my = x.mean(), y.mean()
+        return 2 * ((x - mx) * (y - my)).mean() / (x.var() + y.var() + (mx - my) ** 2)
+
+    def cell_value(c, vdraw, sdraw):
+        per_fold = []
+        for f in range(2):
+            picked = vdraw[0 if shared else f]
+            per_seed = []
+            for s in sdraw[f]:
+                df = frames[c][f][s]
+                pooled = pd.concat([df[df.video == vids[f][i]] for i in picked])
+                per_seed.append([ref_ccc(pooled, t) for t in ("valence", "arousal")])
+            per_fold.append(np.mean(per_seed, axis=0))
+        return np.mean(per_fold, axis=0)
+
+    def draws(r, cells):
+        v = [r.integers(0, n_vid[0], (n_boot, n_vid[0]))] if shared else [
+            r.integers(0, n, (n_boot, n)) if n > 1 else np.zeros((n_boot, 1), int) for n in n_vid]
+        s = {c: [r.integers(0, k, (n_boot, k)) if k > 1 else np.zeros((n_boot, 1), int) for k in seeds[c]] for c in cells}
+        return v, s
+
+    def reference(cells, fn):
+        v, s = draws(np.random.default_rng(seed), cells)
+        reps = np.array([fn(*[cell_value(c, [x[b] for x in v], [x[b] for x in s[c]]) for c in cells])
+                         for b in range(n_boot)])
+        return np.quantile(reps, [0.025, 0.975], axis=0)
+
+    from mambava import ladder
+
+    def collect(root, variants, folds, split, videos_of_fold):
+        return {c: [np.stack([ladder.video_stats(df, videos_of_fold(f)) for df in frames[c][f]]) for f in folds]
+                for c in variants}
+
+    monkeypatch.setattr(ladder, "collect", collect)  # the cells' statistics from the frames above
+    table, reps = build({"mae": "x"}, ["a", "b"], [0, 1], {0: vids[0], 1: vids[1]}, vids[0], None, n_boot, seed)
+    split = "test" if shared else "validation"
+    for c in "ab":
+        lo, hi = reference([c], lambda x: x)
+        got = table.query("split == @split and variant == @c").sort_values("target", ascending=False)
+        assert list(got.target) == ["valence", "arousal"]
+        assert got.lo.to_numpy() == pytest.approx(lo, abs=1e-10)
+        assert got.hi.to_numpy() == pytest.approx(hi, abs=1e-10)
+    lo, hi = reference(["a", "b"], lambda x, y: x - y)
+    d = compare(reps, table, (split, "mae", "a"), (split, "mae", "b"))
+    assert [d["valence"]["lo"], d["arousal"]["lo"]] == pytest.approx(lo, abs=1e-10)
+    assert [d["valence"]["hi"], d["arousal"]["hi"]] == pytest.approx(hi, abs=1e-10)
 
 
 def test_leak_effect_is_the_frame_weighted_difference():
@@ -235,3 +298,12 @@ def test_leak_effect_is_the_frame_weighted_difference():
     assert e["ccc_valence"]["lo"] > 0.1  # a real leak is detected
     assert e["ccc_arousal"]["lo"] < 0 < e["ccc_arousal"]["hi"]  # no leak, no claim
     assert e["n_leaked_videos"] == 12 and e["n_clean_videos"] == 12  # only official training videos compare
+    # the interval against a slow reference: leaked and clean videos drawn independently
+    # (default_rng(seed): all draws of the leaked group, then of the clean group), percentile bounds
+    r = np.random.default_rng(0)
+    da, db = r.integers(0, len(a), (500, len(a))), r.integers(0, len(b), (500, len(b)))
+    for key in ("ccc_valence", "ccc_arousal", "p_va"):
+        reps = [np.average(a[key].to_numpy()[i], weights=a.n_frames.to_numpy()[i])
+                - np.average(b[key].to_numpy()[j], weights=b.n_frames.to_numpy()[j]) for i, j in zip(da, db)]
+        lo, hi = np.quantile(reps, [0.025, 0.975])
+        assert (e[key]["lo"], e[key]["hi"]) == pytest.approx((lo, hi), abs=5e-5)  # rounded to 4 places

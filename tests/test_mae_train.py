@@ -75,7 +75,7 @@ def _params(tmp_path, index, **pretrain) -> str:
 
 
 def test_three_stages_end_to_end(tmp_path):
-    from mambava.features import extract, finetune, pretrain
+    from mambava.features import extract, finetune, pretrain, store
 
     index = make_layout(tmp_path / "data", TINY)
     cfg = load_config(_params(tmp_path, index))
@@ -99,7 +99,7 @@ def test_three_stages_end_to_end(tmp_path):
 
     s = extract.run(cfg)
     assert s["videos_written"] == 4 and s["dim"] == 32
-    feats, mask = extract.load_features(tmp_path / "features", "val")
+    feats, mask = store.load_features(tmp_path / "features", "val")
     assert feats.shape == (24, 32) and mask.sum() == 23
     # the stored features are the fine-tuned encoder's CLS token
     enc = load_encoder(EncoderSpec(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),

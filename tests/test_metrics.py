@@ -88,3 +88,42 @@ def test_bootstrap_interval_brackets_the_estimate():
         lo, hi = ci[k]
         assert lo < point[k] < hi
         assert hi - lo < 0.3 and not math.isnan(lo)
+
+
+def _ref_ccc(x, y):
+    """The CCC formula with population moments, written out (independent of mambava.metrics)."""
+    mx, my = x.mean(), y.mean()
+    cov = ((x - mx) * (y - my)).mean()
+    return 2 * cov / (((x - mx) ** 2).mean() + ((y - my) ** 2).mean() + (mx - my) ** 2)
+
+
+def test_bootstrap_ccc_is_the_video_bootstrap_percentile_interval():
+    """Against a slow reference: draw videos with replacement (numpy's default_rng(seed), one draw
+    of n_videos indices per resample, videos in sorted order), pool their frames, CCC per column
+    over the labelled frames, 2.5% and 97.5% linear quantiles."""
+    rng = np.random.default_rng(11)
+    lengths = rng.integers(20, 120, 9)
+    groups = np.repeat([f"v{i}" for i in range(9)], lengths)
+    t = rng.uniform(-1, 1, (len(groups), 2))
+    p = 0.6 * t + rng.normal(0, 0.4, t.shape) + np.repeat(rng.normal(0, 0.3, (9, 2)), lengths, axis=0)
+    t[rng.random(len(t)) < 0.1, 1] = -5  # unannotated arousal frames
+    got = bootstrap_ccc(p, t, groups, n_boot=300, seed=4, level=0.9)
+    videos = sorted(set(groups))
+    frames = {v: np.flatnonzero(groups == v) for v in videos}
+    draw = np.random.default_rng(4)
+    reps = []
+    for _ in range(300):
+        idx = np.concatenate([frames[videos[i]] for i in draw.integers(0, len(videos), size=len(videos))])
+        c = [_ref_ccc(p[idx, j][t[idx, j] != -5], t[idx, j][t[idx, j] != -5]) for j in (0, 1)]
+        reps.append([c[0], c[1], (c[0] + c[1]) / 2])
+    lo, hi = np.quantile(np.array(reps), [0.05, 0.95], axis=0)
+    for i, k in enumerate(("ccc_valence", "ccc_arousal", "p_va")):
+        assert got[k] == pytest.approx((lo[i], hi[i]), abs=1e-10)
+
+
+def test_bootstrap_of_a_single_video_is_the_estimate():
+    rng = np.random.default_rng(2)
+    t = rng.uniform(-1, 1, (50, 2))
+    p = t + rng.normal(0, 0.3, t.shape)
+    got = bootstrap_ccc(p, t, np.zeros(50), n_boot=20)
+    assert got["ccc_valence"] == pytest.approx((_ref_ccc(p[:, 0], t[:, 0]),) * 2)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambava.config import ModelConfig, load_config
-from mambava.models import build_model, list_variants, variant_config
+from mambava.models import VARIANTS, build_model, variant_config
 from mambava.models.mamba import Mamba
 from mambava.models.mamba_va import FrameNorm, MambaVA
 from mambava.models.summary import count_parameters, print_summary
@@ -230,9 +230,9 @@ def test_frame_norm_is_what_the_authors_instance_norm_computes():
 
 
 def test_variants_are_configurations_of_one_model():
-    assert list_variants() == ["mamba_va", "no_tcn", "no_mamba", "transformer", "frame"]
+    assert list(VARIANTS) == ["mamba_va", "no_tcn", "no_mamba", "transformer", "frame"]
     base = load_config(PARAMS).model
-    cfgs = {v: variant_config(base, v) for v in list_variants()}
+    cfgs = {v: variant_config(base, v) for v in list(VARIANTS)}
     assert cfgs["mamba_va"] == base
     assert cfgs["no_tcn"].tcn is False and cfgs["no_tcn"].temporal == "mamba"
     assert cfgs["no_mamba"].temporal == "none" and cfgs["no_mamba"].tcn

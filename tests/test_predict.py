@@ -18,7 +18,7 @@ import torch
 from mambava.cli import main
 from mambava.config import ModelConfig
 from mambava.errors import UserError
-from mambava.features.extract import fill_missing
+from mambava.features.store import fill_missing
 from mambava.inference import predict_video
 from mambava.models.mamba_va import MambaVA
 from mambava.predict import COLUMNS, FaceStream, StreamingVA

@@ -31,7 +31,7 @@ def test_synthetic_then_affwild2_source(small_params, tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "data" / "summary.json").read_text())
     assert summary["frames"] == index.n_frames.sum()
     # the twin passes validation as it is: its test list sits at the root under the official name
-    from mambava.data.affwild2 import validate_layout
+    from mambava.data.validate import validate_layout
 
     assert validate_layout("data/twin/affwild2") == []
 

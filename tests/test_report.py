@@ -3,11 +3,13 @@ twin's own generator) on small fake pipeline outputs."""
 
 from __future__ import annotations
 
+import math
+
 import audmetric
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import binomtest
+import yaml
 
 from mambava import report
 from _fake_runs import make_bench, make_runs
@@ -66,15 +68,42 @@ def test_paired_bootstrap(runs):
     assert all(same[k] == (0.0, 0.0, 0.0) for k in report.METRICS) and same["p_better"] == 0.0
     with pytest.raises(ValueError, match="different frames"):
         report.paired_bootstrap(a.iloc[:-1], b)
+    # a slow reference: the same video draws (default_rng(seed), sorted videos), both models scored
+    # on the pooled frames of the drawn videos by audmetric's CCC, percentile bounds
+    videos = sorted(set(a.video))
+    m = a.merge(b, on=["video", "frame"], suffixes=("_a", "_b"))
+    rows = {v: np.flatnonzero(m.video.to_numpy() == v) for v in videos}
+    draw = np.random.default_rng(3)
+    reps = []
+    for _ in range(100):
+        idx = np.concatenate([rows[videos[i]] for i in draw.integers(0, len(videos), size=len(videos))])
+        r = m.iloc[idx]
+        c = []
+        for t in ("valence", "arousal"):
+            k = r[f"{t}_true_a"].to_numpy() != -5
+            c.append(audmetric.concordance_cc(r[f"{t}_true_a"].to_numpy()[k], r[f"{t}_a"].to_numpy()[k])
+                     - audmetric.concordance_cc(r[f"{t}_true_a"].to_numpy()[k], r[f"{t}_b"].to_numpy()[k]))
+        reps.append([c[0], c[1], (c[0] + c[1]) / 2])
+    reps = np.array(reps)
+    lo, hi = np.quantile(reps, [0.025, 0.975], axis=0)
+    for j, k in enumerate(report.METRICS):
+        assert d[k][1:] == pytest.approx((lo[j], hi[j]), abs=1e-9)
+    assert d["p_better"] == pytest.approx(np.mean(reps[:, 2] > 0))
     pv = report.paired_video_differences(a, b)
     ref = report.per_video_ccc(a).p_va.to_numpy() - report.per_video_ccc(b).p_va.to_numpy()
     assert np.allclose(pv.d_p_va, ref)
 
 
-@pytest.mark.parametrize("diffs", [[1, 2, -1, 3, 0.5, 2, -0.1, 4], [-1] * 7 + [1], [0.3]])
-def test_sign_test_matches_scipy(diffs):
+@pytest.mark.parametrize("diffs", [[1, 2, -1, 3, 0.5, 2, -0.1, 4], [-1] * 7 + [1], [0.3], [1, -1] * 5,
+                                   [2, 0, np.nan, -1, 3, 4, 5, 6, 7, 8, 9, 10, 11]])
+def test_sign_test_is_the_exact_binomial_sum(diffs):
+    """Oracle: 2 * sum_{i <= min(k, n-k)} C(n, i) / 2^n, capped at 1 (zeros and NaN dropped)."""
     d = np.array(diffs, dtype=float)
-    assert report.sign_test(d) == pytest.approx(binomtest(int((d > 0).sum()), len(d)).pvalue)
+    d = d[np.isfinite(d) & (d != 0)]
+    n, k = len(d), int((d > 0).sum())
+    want = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2**n)
+    assert report.sign_test(diffs) == pytest.approx(want, rel=1e-12)
+    assert report.sign_test([]) == 1.0
 
 
 def test_table1_puts_ours_beside_the_papers(runs):
@@ -121,7 +150,7 @@ def test_window_sweep_and_benchmarks(runs, tmp_path):
 
 
 def test_mean_expression_matches_the_twin():
-    from mambava.data.synthetic import expression_track
+    from mambava.data.render import expression_track
 
     v, a = 0.5, -0.4
     n = 6000
@@ -148,6 +177,41 @@ def test_pipeline_stages_and_edges(repo):
         assert (st.base == "train").sum() == 10 and "train@mae-mamba_va" in names and "train@oracle-frame" in names
     edges = report.pipeline_edges(st)
     assert ("data", "notebook_data") in edges and ("notebook_table1", "book") in edges
+
+
+def test_pipeline_stages_are_what_dvc_lists(tmp_path):
+    """A tiny project with ${...}, a matrix over a params list and a foreach, against the names
+    `dvc stage list --all --name-only` prints and the paths written out by hand."""
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text("variants: [a, b]\nout: res\nk: 3\n")
+    stages = {
+        "prep": {"cmd": "python prep.py --k ${k}", "deps": ["prep.py"], "params": ["k"], "outs": ["${out}/prep.csv"]},
+        "fit": {"matrix": {"variant": "${variants}", "fold": [0, 1]},
+                "cmd": ["python fit.py ${item.variant} ${item.fold}", "echo done"], "deps": ["${out}/prep.csv"],
+                "outs": ["${out}/${item.variant}/${item.fold}"],
+                "metrics": [{"${out}/${item.variant}-${item.fold}.json": {"cache": False}}]},
+        "show": {"foreach": {"x": 1, "y": 2}, "do": {"cmd": "echo ${item}", "deps": ["${out}/a/0"],
+                                                    "outs": ["show_${key}.txt"]}},
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "-q"], cwd=tmp_path, check=True)
+    listed = subprocess.run([*dvc, "stage", "list", "--all", "--name-only"], cwd=tmp_path, check=True,
+                            capture_output=True, text=True).stdout.split()
+    st = report.pipeline_stages(tmp_path / "dvc.yaml", tmp_path / "params.yaml")
+    assert list(st.stage) == listed
+    assert listed == ["prep", "fit@a-0", "fit@a-1", "fit@b-0", "fit@b-1", "show@x", "show@y"]
+    row = st.set_index("stage")
+    assert row.loc["prep", "cmd"] == "python prep.py --k 3" and row.loc["prep", "outs"] == ["res/prep.csv"]
+    assert row.loc["fit@b-1", "cmd"] == "python fit.py b 1 && echo done"
+    assert row.loc["fit@b-1", "outs"] == ["res/b/1", "res/b-1.json"] and row.loc["fit@b-1", "base"] == "fit"
+    assert row.loc["show@y", "cmd"] == "echo 2" and row.loc["show@y", "deps"] == ["res/a/0"]
+    assert report.pipeline_edges(st) == {("prep", "fit"), ("fit", "show")}
+    with pytest.raises(ValueError, match="params.yaml"):
+        report.pipeline_stages(tmp_path / "dvc.yaml", tmp_path / "other.yaml")
 
 
 def test_dataset_table():

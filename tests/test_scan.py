@@ -291,3 +291,37 @@ def test_threads_give_identical_results():
     assert torch.equal(out1, out2) and torch.equal(last1, last2)
     for k in grads1:
         assert torch.equal(grads1[k], grads2[k]), k
+
+
+_HASH_SCRIPT = """
+import hashlib, torch
+from mambava.models.ssm import selective_scan_numba
+g = torch.Generator().manual_seed(0)
+b, d, n, l = 2, 16, 4, 64
+u, dt, z = (torch.randn(b, d, l, generator=g, requires_grad=True) for _ in range(3))
+B, C = (torch.randn(b, n, l, generator=g, requires_grad=True) for _ in range(2))
+A = (-torch.rand(d, n, generator=g)).requires_grad_()
+D, bias = torch.randn(d, generator=g, requires_grad=True), torch.randn(d, generator=g, requires_grad=True)
+y = selective_scan_numba(u, dt, A, B, C, D, z, bias, True)
+y.square().sum().backward()
+h = hashlib.sha256()
+for t in (y, u.grad, dt.grad, z.grad, A.grad, B.grad, C.grad, D.grad, bias.grad):
+    h.update(t.detach().numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_first_run_after_install_gives_the_bytes_of_later_runs(tmp_path):
+    """numba's freshly compiled fastmath kernels and its cached ones round differently (numba
+    #10617); without the child-process compile, the first process with an empty cache printed
+    another hash than the second (measured). Two processes on one empty cache must agree."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    env.pop("MAMBAVA_SCAN_WARMING", None)
+    runs = [subprocess.run([sys.executable, "-c", _HASH_SCRIPT], env=env, capture_output=True, text=True,
+                           check=True).stdout.strip() for _ in range(2)]
+    assert any((tmp_path / "numba").rglob("*.nbi")), "nothing was cached"
+    assert runs[0] == runs[1]

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from mambava.config import SyntheticConfig, load_config
-from mambava.data.affwild2 import ANNOTATIONS, CROPS, build_index, read_annotation, validate_layout
+from mambava.data.affwild2 import ANNOTATIONS, CROPS, build_index, read_annotation
+from mambava.data.validate import validate_layout
 from mambava.data.synthetic import (
     annotate,
     expression_track,

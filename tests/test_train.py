@@ -24,7 +24,7 @@ from torch import nn
 from mambava.config import EvaluateConfig, TrainConfig
 from mambava.data.windows import Video, Windows
 from mambava.runlog import live_dir, read_evals, read_steps, summary
-from mambava.train import Interrupted, epoch_order, eval_points, fit, lr_factor
+from mambava.train import Interrupted, epoch_order, eval_points, fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,24 +80,6 @@ def train_once(out, interrupt_at=None, seed=0, **kw):
 
 def strip_time(summary):
     return {k: v for k, v in summary.items() if not k.startswith("second")}
-
-
-# --------------------------------------------------------------------------- schedule
-@pytest.mark.parametrize("mult", [1, 2])
-def test_lr_factor_matches_torch_cosine_warm_restarts(mult):
-    warm, period = 5, 7
-    p = nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=1.0)
-    ref = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=period, T_mult=mult, eta_min=0.1)
-    for step in range(warm, warm + 60):
-        assert lr_factor(step, warm, period, mult, 0.1) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
-        opt.step()
-        ref.step()
-
-
-def test_lr_warmup_is_linear():
-    assert [lr_factor(s, 4, 10) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert lr_factor(4, 4, 10) == 1.0  # cosine starts at the top
 
 
 def test_epoch_order_and_eval_points():
@@ -284,9 +266,9 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, one_thread):
 def test_real_model_resume_is_bitwise(tmp_path, variant):
     """The same with the study's model (numba scan on CPU, attention dropout): bitwise equal."""
     from mambava.config import ModelConfig
-    from mambava.inference import build_model, variant_model_config
+    from mambava.models import build_model, variant_config
 
-    mcfg = variant_model_config(
+    mcfg = variant_config(
         ModelConfig(input_dim=6, tcn_channels=[8, 8], tcn_kernel=3, d_model=8, n_layers=1, n_heads=2,
                     head_hidden=8, scan_backend="numba"),
         variant,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mambava.data.affwild2 import ANNOTATIONS, CROPS, validate_layout
+from mambava.data.affwild2 import ANNOTATIONS, CROPS
+from mambava.data.validate import validate_layout
 
 
 def _jpeg(path: Path, value: int = 128):
@@ -239,7 +240,7 @@ def test_unreadable_index_folds_and_features(tmp_path):
     from mambava.checks import InputError
     from mambava.data.affwild2 import load_index
     from mambava.data.windows import read_folds
-    from mambava.features.extract import load_features
+    from mambava.features.store import load_features
 
     idx = tmp_path / "index.csv"
     idx.write_text("video,split\na,train\n")

@@ -11,8 +11,6 @@ for a person to look at, not part of ``make test``.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -36,30 +34,33 @@ PAGES = {
 
 
 # --------------------------------------------------------------------------- strip
+# papermill's notebook metadata: everything but the parameters is dropped (timestamps, duration,
+# paths, environment, version); nbstripout does the stripping.
+PAPERMILL_DROPPED = ("default_parameters", "duration", "end_time", "environment_variables", "exception",
+                     "input_path", "output_path", "start_time", "version")
+
+
 def strip_notebook(path: str | Path, out: str | Path | None = None) -> Path:
-    """Remove what changes from run to run (papermill/nbclient timestamps and durations,
-    execution counts, the random id of papermill's injected cell) so that re-executing a notebook with the same inputs gives the same file.
-    The papermill parameters are kept. Writes in place unless ``out`` is given."""
+    """Remove what changes from run to run so that re-executing a notebook with the same inputs
+    gives the same file: nbstripout's ``strip_output`` with the outputs kept (the book shows
+    them), execution counts cleared, cell ids made sequential ("0", "1", ...: papermill draws a
+    random id for its injected cell) and papermill's/nbclient's timestamps and durations removed
+    (``metadata.papermill`` but its ``parameters``, ``cell.metadata.execution``,
+    ``cell.metadata.papermill``). Read and written with nbformat; writes in place (atomically)
+    unless ``out`` is given."""
+    import nbformat
+    from nbstripout import strip_output
+
+    from mambava.io import write_text
+
     path = Path(path)
-    nb = json.loads(path.read_text())
-    pm = nb.get("metadata", {}).pop("papermill", None)
-    if pm and "parameters" in pm:
-        nb["metadata"]["papermill"] = {"parameters": pm["parameters"]}
-    for cell in nb.get("cells", []):
-        md = cell.get("metadata", {})
-        if "injected-parameters" in md.get("tags", []) and "id" in cell:
-            cell["id"] = "injected-parameters"  # papermill draws a new random id each run
-        md.pop("execution", None)
-        md.pop("papermill", None)
-        if cell.get("cell_type") == "code":
-            cell["execution_count"] = None
-            for o in cell.get("outputs", []):
-                if "execution_count" in o:
-                    o["execution_count"] = None
+    nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+    keys = [f"metadata.papermill.{k}" for k in PAPERMILL_DROPPED] + ["cell.metadata.execution", "cell.metadata.papermill"]
+    strip_output(nb, keep_output=True, keep_count=False, keep_id=False, extra_keys=keys)
+    if nb.metadata.get("papermill") == {}:
+        del nb.metadata["papermill"]
     out = Path(out) if out else path
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    write_text(out, nbformat.writes(nb))
     return out
 
 

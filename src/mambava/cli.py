@@ -38,7 +38,7 @@ def cmd_data_generate(args) -> int:
 
 
 def cmd_data_validate(args) -> int:
-    from mambava.data.affwild2 import validate_layout
+    from mambava.data.validate import validate_layout
 
     problems = validate_layout(Path(args.root), test_list=args.test_list)
     for p in problems:
@@ -111,7 +111,7 @@ def cmd_oracle(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from mambava.train import run_all
+    from mambava.train_runs import run_all
 
     run_all(_cfg(args), args.variant, args.level, folds=args.fold, progress=not args.no_progress)
     return 0
@@ -146,7 +146,7 @@ def cmd_plots(args) -> int:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    from mambava.config import VARIANTS
+    from mambava.models import VARIANTS
 
     p.add_argument("--variant", required=True, choices=VARIANTS, help="model variant (ablation)")
     p.add_argument("--level", default="mae", choices=("mae", "oracle"),
@@ -159,7 +159,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 def _predictor(args):
     if args.model:
         from mambava.export import load_bundle
-        from mambava.inference import resolve_device
+        from mambava.runtime import resolve_device
 
         return load_bundle(args.model, resolve_device(_cfg(args).device if Path(args.params).exists() else "auto"))
     if args.variant is None or args.fold is None:
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="a shareable bundle of a run: safetensors weights, settings, metrics, model card")
-    from mambava.config import VARIANTS
+    from mambava.models import VARIANTS
 
     p.add_argument("--variant", required=True, choices=VARIANTS, help="model variant (ablation)")
     p.add_argument("--fold", type=int, required=True, help="0 = official split, 1..5 = CV folds (MAE features, primary seed)")

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mambava.checks import InputError
+from mambava.models import VARIANTS  # the one registry of variants; params.yaml's `variants:` is checked against it
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -230,6 +231,8 @@ class BookConfig(Section):
     sweep_steps: int = Field(7, ge=2)  # Data: faces along each valence / arousal sweep
     projection_points: int = Field(3000, ge=10)  # Features: frames drawn for the 2-D projection
     prediction_fold: int = Field(0, ge=0)  # Predictions: whose validation videos are plotted
+    submission_fold: int = Field(0, ge=0)  # Table 2: the fold whose model (primary seed) made the test submission
+    seed: int = 0  # the book's own draws (bootstrap resamples, sampled frames)
 
 
 # --------------------------------------------------------------------------- folds, train, evaluate
@@ -249,10 +252,6 @@ class FoldsConfig(Section):
     # videos always train and never validate, so no scored video's labels reach its features
     encoder_fraction: float = Field(0.5, gt=0, le=1)
     file: str = "outputs/folds.csv"
-
-
-# The model variants of the study (the ablations are settings of one model; mambava.models).
-VARIANTS: tuple[str, ...] = ("mamba_va", "no_tcn", "no_mamba", "transformer", "frame")
 
 
 class TrainConfig(Section):

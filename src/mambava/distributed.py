@@ -24,7 +24,6 @@ import datetime
 import logging
 import os
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -109,17 +108,6 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-@contextmanager
-def session(device: torch.device):
-    """``with session(device) as (d, device):`` set up, and leave the process group at the end."""
-    d, device = setup(device)
-    try:
-        yield d, device
-    finally:
-        if d.enabled:
-            shutdown()
 
 
 def barrier(d: Dist) -> None:

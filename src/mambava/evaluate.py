@@ -4,7 +4,7 @@ The best checkpoint of the run predicts every frame of every validation video of
 every test video (:func:`mambava.inference.predict_video`: whole videos in one pass, or the
 authors' 500/500 windows, per ``evaluate.inference``; outputs clipped to [-1, 1]). Files written
 in ``<evaluate.out>/<level>/<variant>/fold<k>/`` for the primary seed and its ``seed<s>/`` for the
-others (:func:`eval_dir`; test files in ``test/``):
+others (:func:`mambava.runtime.eval_dir`; test files in ``test/``):
 
 - ``predictions.csv`` and ``test/predictions.csv``: ``video, frame, valence, arousal,
   valence_true, arousal_true``; ``frame`` is 1-based (the image ``<frame:05d>.jpg``), truth -5
@@ -29,19 +29,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mambava import io
 from mambava.data.windows import Video
 from mambava.metrics import bootstrap_ccc, ccc_va, label_mask
+from mambava.results import PRED_COLUMNS, load_predictions
 
 log = logging.getLogger("mambava.evaluate")
 
-PRED_COLUMNS = ["video", "frame", "valence", "arousal", "valence_true", "arousal_true"]
 SUBMISSION_HEADER = "image_location,valence,arousal"
 DECIMALS = 6
 
@@ -70,23 +70,8 @@ def predictions_frame(videos: Sequence[Video], preds: Sequence[np.ndarray]) -> p
 
 
 def write_csv(df: pd.DataFrame, path: str | Path, float_format: str | None = f"%.{DECIMALS}f") -> None:
-    """Write a table atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False, float_format=float_format)
-    os.replace(tmp, path)
-
-
-def read_predictions(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: predictions not found (run `dvc repro evaluate`)")
-    df = pd.read_csv(path, dtype={"video": str})
-    missing = [c for c in PRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    return df
+    """Write a table atomically, numbers with ``DECIMALS`` decimals (:func:`mambava.io.write_csv`)."""
+    io.write_csv(df, path, float_format=float_format)
 
 
 def score(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
@@ -182,21 +167,15 @@ def window_sweep(model, videos: Sequence[Video], device, windows: Sequence[int])
 # --------------------------------------------------------------------------- the stage
 # What metrics.json copies from train_metrics.json; the measured costs (seconds per epoch, peak
 # memory) stay in train.timing.json, which DVC does not hash (report.load_metrics joins them).
-COST_KEYS = ("n_params", "best_epoch")
+TRAIN_KEYS_COPIED = ("n_params", "best_epoch")
+
 
 def _evaluate_split(model, videos, device, ecfg, path: Path) -> dict:
     from mambava.inference import predict_videos
 
     preds = predict_videos(model, videos, device, ecfg)
     write_csv(predictions_frame(videos, preds), path)
-    return score(read_predictions(path), ecfg.n_boot, ecfg.boot_seed, ecfg.level)
-
-
-def eval_dir(cfg, level: str, variant: str, fold: int, seed: int | None = None) -> Path:
-    """``<evaluate.out>/<level>/<variant>/fold<k>/``: the primary seed's files; another seed's
-    in its ``seed<s>/`` subfolder (same files, no submission or sweep)."""
-    d = Path(cfg.evaluate.out) / level / variant / f"fold{fold}"
-    return d if seed is None or seed == cfg.train.seed else d / f"seed{seed}"
+    return score(load_predictions(path), ecfg.n_boot, ecfg.boot_seed, ecfg.level)
 
 
 def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = None, cache: dict | None = None) -> dict:
@@ -204,8 +183,8 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
     from mambava.config import ModelConfig
     from mambava.data.affwild2 import load_index
     from mambava.data.windows import fold_videos, read_folds
-    from mambava.inference import load_videos, resolve_device, scan_backend
-    from mambava.train import atomic_write_text, environment, level_features, load_best, set_threads, train_dir
+    from mambava.inference import load_videos, scan_backend
+    from mambava.runtime import environment, eval_dir, level_features, load_best, resolve_device, set_threads, train_dir
 
     ecfg = cfg.evaluate
     seed = cfg.train.seed if seed is None else seed
@@ -236,26 +215,23 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
     val = _evaluate_split(model, val_videos, device, ecfg, out / "predictions.csv")
     cost_path = src / "train_metrics.json"
     cost = json.loads(cost_path.read_text()) if cost_path.exists() else {}
-    cost = {k: cost[k] for k in COST_KEYS if k in cost}
+    cost = {k: cost[k] for k in TRAIN_KEYS_COPIED if k in cost}
     metrics = {**val, **env, **cost}
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    io.write_json(out / "metrics.json", metrics)
     # the run's measured time and memory travel beside its metrics (a file DVC does not hash)
-    from mambava.io import read_timing, write_timing
-
-    write_timing(out, "train", read_timing(src, "train"))
+    io.write_timing(out, "train", io.read_timing(src, "train"))
 
     test_dir = out / "test"
     tm = _evaluate_split(model, test_videos, device, ecfg, test_dir / "predictions.csv")
-    atomic_write_text(test_dir / "metrics.json", json.dumps({**tm, **env}, indent=2) + "\n")
+    io.write_json(test_dir / "metrics.json", {**tm, **env})
 
     if primary:  # the submission and the context sweep are of the primary seed's model
-        sub = submission_frame(read_predictions(test_dir / "predictions.csv"))
-        tmp = test_dir / "submission.txt.check"
-        write_csv(sub, tmp)
-        problems = check_submission(tmp, [v.name for v in test_videos], [len(v.labels) for v in test_videos])
-        if problems:
-            raise ValueError("submission failed its check:\n" + "\n".join(problems))
-        os.replace(tmp, test_dir / "submission.txt")
+        sub = submission_frame(load_predictions(test_dir / "predictions.csv"))
+        with io.atomic_path(test_dir / "submission.txt", ".check") as tmp:  # kept only if it passes its check
+            write_csv(sub, tmp)
+            problems = check_submission(tmp, [v.name for v in test_videos], [len(v.labels) for v in test_videos])
+            if problems:
+                raise ValueError("submission failed its check:\n" + "\n".join(problems))
         sweep = window_sweep(model, val_videos, device, ecfg.sweep)
         write_csv(sweep, out / "window_sweep.csv", float_format=None)
 
@@ -279,14 +255,14 @@ def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None =
     Writes ``<evaluate.out>/<level>/<variant>.json``: validation and test CCCs of every fold and
     seed, flat keys (``fold0/seed42/test/p_va``) so that ``dvc metrics diff`` compares them."""
     from mambava.data.windows import read_folds
-    from mambava.train import atomic_write_text, level_skipped, parallel_map, seeds_of
+    from mambava.runtime import level_skipped, parallel_map, seeds_of
 
     root = Path(cfg.evaluate.out) / level
     why = level_skipped(cfg, level)
     if why:
         log.warning("evaluate %s/%s skipped: %s", level, variant, why)
         (root / variant).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(root / f"{variant}.json", json.dumps({"skipped": why}, indent=2) + "\n")
+        io.write_json(root / f"{variant}.json", {"skipped": why})
         return {"skipped": why}
     if folds is None:
         folds = range(0, int(read_folds(cfg.folds.file)["cv_fold"].max()) + 1)
@@ -298,5 +274,5 @@ def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None =
             for key in ("ccc_valence", "ccc_arousal", "p_va"):
                 if key in m:
                     flat[f"fold{fold}/seed{seed}/{split}/{key}"] = round(float(m[key]), 6)
-    atomic_write_text(root / f"{variant}.json", json.dumps(flat, indent=2) + "\n")
+    io.write_json(root / f"{variant}.json", flat)
     return flat

@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from mambava.errors import UserError
+from mambava.io import replace_dir
 
 FORMAT = "mambava-bundle/1"
 FILES = ("encoder.safetensors", "temporal.safetensors")
@@ -42,7 +43,7 @@ class BundleError(UserError):
 
 
 def _sha256(path: Path) -> str:
-    from mambava.features.extract import file_sha256
+    from mambava.io import file_sha256
 
     return file_sha256(path)
 
@@ -130,7 +131,7 @@ def export(cfg, variant: str, fold: int, out: str | Path) -> Path:
     from safetensors.torch import save_file
 
     import mambava
-    from mambava.evaluate import eval_dir
+    from mambava.runtime import eval_dir
     from mambava.predict import from_run
 
     pred = from_run(cfg, variant, fold)
@@ -170,14 +171,7 @@ def export(cfg, variant: str, fold: int, out: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if out.exists():
-        old = out.with_name(out.name + f".old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, out)
+    replace_dir(staging, out)
     return out
 
 

@@ -1,7 +1,7 @@
 """What training and evaluation share: runs, devices, videos in memory, the model, prediction.
 
-A *run* is one (level, variant, fold, seed): :func:`mambava.train.train_dir` and
-:func:`mambava.evaluate.eval_dir` say where its files live. Videos
+A *run* is one (level, variant, fold, seed): :func:`mambava.runtime.train_dir` and
+:func:`mambava.runtime.eval_dir` say where its files live. Videos
 are read as :class:`mambava.data.windows.Video` (features memory-mapped from the ``features``
 stage, labels from the index's annotation files, ``-5`` where not annotated or not available).
 
@@ -29,42 +29,11 @@ import torch
 from torch import nn
 
 from mambava.checks import InputError, require_finite
-from mambava.config import VARIANTS
 from mambava.data.windows import UNLABELLED, Video, pad_to, window_starts
 
-__all__ = ["VARIANTS", "build_model", "load_videos", "predict_video", "predict_videos", "resolve_device"]
+__all__ = ["load_videos", "predict_video", "predict_videos", "scan_backend"]
 
 log = logging.getLogger("mambava.inference")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for but torch sees no CUDA device (use auto or cpu)")
-    return torch.device(name)
-
-
-def run_dir(out: str | Path, variant: str, fold: int) -> Path:
-    return Path(out) / variant / f"fold{fold}"
-
-
-# --------------------------------------------------------------------------- model
-def variant_model_config(model_cfg, variant: str):
-    """The ModelConfig of an ablation variant (``mambava.models.variant_config``)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    from mambava.models import variant_config
-
-    return variant_config(model_cfg, variant)
-
-
-def build_model(model_cfg) -> nn.Module:
-    """The temporal model for a (variant) ModelConfig."""
-    from mambava.models.mamba_va import MambaVA
-
-    return MambaVA(model_cfg)
 
 
 def scan_backend(model_cfg, device: torch.device) -> str:
@@ -84,7 +53,7 @@ def load_videos(index: pd.DataFrame, names: Sequence[str], features_dir: str | P
     Errors name the files that disagree.
     """
     from mambava.data.affwild2 import read_annotation
-    from mambava.features.extract import feature_path, load_features
+    from mambava.features.store import feature_path, load_features
 
     rows = index.set_index("video")
     missing = [v for v in names if v not in rows.index]

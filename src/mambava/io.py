@@ -1,30 +1,103 @@
 """Atomic writes: every output goes to a temporary file beside its target, then is renamed over
-it, so a reader (or a rerun after a crash) never sees a half-written file."""
+it, so a reader (or a rerun after a crash) never sees a half-written file.
+
+This is the one home of the atomic writers (text, JSON, CSV, bytes, ``.npy``, ``torch.save``,
+figures, whole directories); the stages call them rather than renaming files themselves. The
+temporary file is ``<name>.tmp`` (a ``suffix`` may add the extension a writer infers the format
+from); it is removed when the write fails.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
 
-def _tmp(path: Path) -> Path:
+def _tmp(path: Path, suffix: str = ".tmp") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(path.name + ".tmp")
+    return path.with_name(path.name + suffix)
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """``with atomic_path(p) as tmp: <write tmp>``: ``tmp`` replaces ``p`` when the block ends
+    without an exception; on an exception ``tmp`` is deleted and ``p`` is left as it was."""
+    path = Path(path)
+    tmp = _tmp(path, suffix)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = _tmp(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_csv(df: pd.DataFrame, path: str | Path, **to_csv) -> None:
+    """``df.to_csv(path, index=False, **to_csv)``, atomically."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, **to_csv)
+
+
+def write_npy(path: str | Path, array, before_replace=None) -> None:
+    """``np.save`` to ``path`` (no ``.npy`` appended), atomically; ``before_replace()`` runs
+    between the write and the rename (a test hook that stands for a kill at that point)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        if before_replace is not None:
+            before_replace()
+
+
+def write_torch(obj, path: str | Path) -> None:
+    """``torch.save(obj, path)``, atomically (checkpoints load with ``weights_only=True``)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def write_figure(fig, path: str | Path, **savefig) -> None:
+    """``fig.savefig(path, **savefig)``, atomically (the format follows ``path``'s extension)."""
+    path = Path(path)
+    with atomic_path(path, ".tmp" + path.suffix) as tmp:
+        fig.savefig(tmp, **savefig)
+
+
+def replace_dir(staging: str | Path, out: str | Path) -> None:
+    """Put the finished directory ``staging`` in the place of ``out`` (a rename; an existing
+    ``out`` is moved aside first and deleted after, so ``out`` is never half-written)."""
+    staging, out = Path(staging), Path(out)
+    if out.exists():
+        old = out.with_name(out.name + f".old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, out)
 
 
 # What a run measured rather than computed (seconds, throughput, peak memory, work skipped on a
@@ -41,13 +114,6 @@ def read_timing(folder: str | Path, stage: str) -> dict:
     """The measurements of :func:`write_timing` ({} when there are none)."""
     path = Path(folder) / f"{stage}{TIMING_SUFFIX}"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_csv(df: pd.DataFrame, path: str | Path) -> None:
-    path = Path(path)
-    tmp = _tmp(path)
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -8,11 +8,26 @@ Three rungs, valence and arousal separately, for every variant (``mambava.data.o
 - ``mae``: the same on the MAE features.
 
 Every number is a mean over the folds' models and their seeds, with a 95% interval from a
-two-level bootstrap: the scored videos are resampled (the same draw for every run, so that
+two-level bootstrap (``scipy.stats.bootstrap``, percentile intervals as everywhere in the
+project, see :mod:`mambava.metrics`): the scored videos are resampled (the same draw for every run, so that
 paired comparisons are paired), and each fold's seeds are resampled with replacement, so the
 interval holds both video and seed variance. CCCs are computed from per-video sufficient
-statistics (frames, sums, sums of squares and cross-products), so a resample costs a matrix
-product instead of a pass over the frames.
+statistics (frames, sums, sums of squares and cross-products), so a resample costs a sum
+instead of a pass over the frames.
+
+How the two levels go through scipy (:func:`cell_data`, :func:`cell_statistic`): the samples
+given to ``scipy.stats.bootstrap`` are *indices*: first the video indices (one sample for the
+test split, whose videos every fold scores, so one draw serves all folds; one per fold on the
+validation split), then the seed indices of every fold with two or more seeds. scipy resamples
+each sample independently with replacement, which is exactly "videos, and within each fold
+seeds"; the statistic sums the drawn videos' statistics for every seed, takes the CCC, and
+averages the drawn seeds and then the folds. scipy draws the samples in order from one
+generator, video indices first, so every cell bootstrapped with the same seed gets the same
+video draws: that is the shared draw that makes comparisons paired. A fold with a single seed
+has no seed level (scipy needs two observations per sample, and a one-seed resample is the seed
+itself). Seeds are not shared between cells: a paired difference a - b (:func:`compare`) is one
+bootstrap of the statistic cell_a - cell_b over (videos, seeds of a, seeds of b), so a's and b's
+seeds are drawn independently and the videos together.
 
 :func:`compare` gives paired differences between two (variant, level) cells under the same
 bootstrap: the ladder's claims (e.g. "Mamba beats the frame-only model on arousal") are
@@ -28,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mambava.metrics import bootstrap, ccc_from_stats, per_video_stats
+
 log = logging.getLogger("mambava.ladder")
 
 TARGETS = ("valence", "arousal")
@@ -39,27 +56,13 @@ def video_stats(pred: pd.DataFrame, videos) -> np.ndarray:
     """(len(videos), 2, 6) per-video statistics of (prediction x, truth y) for valence and arousal:
     n, Σx, Σy, Σx², Σy², Σxy over the annotated frames (truth != -5). Videos absent: zeros."""
     out = np.zeros((len(videos), 2, 6))
+    got, s = per_video_stats(pred[list(TARGETS)].to_numpy(np.float64),
+                             pred[[f"{t}_true" for t in TARGETS]].to_numpy(np.float64), pred["video"].to_numpy())
     pos = {v: i for i, v in enumerate(videos)}
-    for video, g in pred.groupby("video", sort=False):
-        if video not in pos:
-            continue
-        for j, t in enumerate(TARGETS):
-            y = g[f"{t}_true"].to_numpy(np.float64)
-            x = g[t].to_numpy(np.float64)
-            k = y != -5
-            x, y = x[k], y[k]
-            out[pos[video], j] = (len(x), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum())
+    for v, row in zip(got, s):
+        if v in pos:
+            out[pos[v]] = row
     return out
-
-
-def ccc_from_stats(s: np.ndarray) -> np.ndarray:
-    """CCC from summed statistics (..., 6) -> (...); the population (biased) moments of the formula
-    CCC = 2 cov / (var_x + var_y + (mean_x - mean_y)^2), over all frames pooled."""
-    n = s[..., 0]
-    mx, my = s[..., 1] / n, s[..., 2] / n
-    vx, vy = s[..., 3] / n - mx * mx, s[..., 4] / n - my * my
-    cov = s[..., 5] / n - mx * my
-    return 2 * cov / (vx + vy + (mx - my) ** 2)
 
 
 # --------------------------------------------------------------------------- runs on disk
@@ -88,29 +91,49 @@ def collect(runs: str | Path, variants, folds, split: str, videos_of_fold) -> di
 
 
 # --------------------------------------------------------------------------- bootstrap
-def _draws(n_folds_videos: list[int], n_seeds: list[int], n_boot: int, seed: int, shared: bool):
-    """Resampling weights: per fold, video counts (n_boot, n_videos) and seed picks (n_boot, n_seeds)."""
-    rng = np.random.default_rng(seed)
-    if shared:  # the test split: one video draw for every fold
-        c = rng.multinomial(n_folds_videos[0], np.full(n_folds_videos[0], 1 / n_folds_videos[0]), size=n_boot)
-        vcounts = [c] * len(n_folds_videos)
-    else:
-        vcounts = [rng.multinomial(n, np.full(n, 1 / n), size=n_boot) for n in n_folds_videos]
-    picks = [rng.integers(0, s, size=(n_boot, s)) for s in n_seeds]
-    return vcounts, picks
+def _video_sets(per_fold: list[np.ndarray], shared: bool) -> list[int]:
+    """Which video sample each fold reads: one for all when ``shared``, else one per fold."""
+    return [0] * len(per_fold) if shared else list(range(len(per_fold)))
 
 
-def cell_scores(per_fold: list[np.ndarray], vcounts, picks) -> tuple[np.ndarray, np.ndarray]:
-    """Point estimate (2,) and bootstrap replicates (n_boot, 2) of the mean over folds and seeds."""
-    point = np.mean([ccc_from_stats(st.sum(axis=1)).mean(axis=0) for st in per_fold], axis=0)
-    reps = []
-    for st, c, pk in zip(per_fold, vcounts, picks):
-        # (seeds, boot, 2, 6): every seed's statistics under every video draw
-        tot = np.einsum("bv,svjk->sbjk", c.astype(np.float64), st)
-        cc = ccc_from_stats(tot)  # (seeds, boot, 2)
-        b = np.arange(cc.shape[1])
-        reps.append(cc[pk.T, b[None, :]].mean(axis=0))  # resampled seeds, averaged: (boot, 2)
-    return point, np.mean(reps, axis=0)
+def cell_data(per_fold: list[np.ndarray], shared: bool) -> tuple[np.ndarray, ...]:
+    """The samples scipy resamples for one cell (module doc): the video indices of each video set
+    (one when ``shared``, else one per fold), then the seed indices of each fold. Samples of a
+    single element (one video, one seed) are left out: their only resample is themselves."""
+    sizes = [per_fold[0].shape[1]] if shared else [st.shape[1] for st in per_fold]
+    return (*(np.arange(n) for n in sizes if n > 1), *(np.arange(st.shape[0]) for st in per_fold if st.shape[0] > 1))
+
+
+def cell_statistic(per_fold: list[np.ndarray], shared: bool):
+    """The vectorised statistic over :func:`cell_data`'s samples: mean over folds of the mean over
+    the drawn seeds of the CCC of the drawn videos pooled. Returns (2, *batch) (valence, arousal)."""
+    sets = _video_sets(per_fold, shared)
+    sizes = [per_fold[0].shape[1]] if shared else [st.shape[1] for st in per_fold]
+    n_vid = sum(n > 1 for n in sizes)
+
+    def stat(*samples, axis=-1):
+        drawn = iter(samples[:n_vid])
+        vids = [next(drawn) if n > 1 else np.arange(n) for n in sizes]
+        seeds = iter(samples[n_vid:])
+        folds = []
+        for f, st in enumerate(per_fold):
+            cc = np.moveaxis(ccc_from_stats(st[:, vids[sets[f]]].sum(axis=-3)), 0, -1)  # (*batch, 2, seeds)
+            if st.shape[0] > 1:
+                pick = next(seeds)  # (*batch, seeds); cc has no batch axes when no video was drawn
+                cc = np.take_along_axis(np.broadcast_to(cc, pick.shape[:-1] + cc.shape[-2:]), pick[..., None, :], axis=-1)
+            folds.append(cc.mean(axis=-1))
+        batch = np.broadcast_shapes(*(f.shape for f in folds))
+        return np.moveaxis(np.mean([np.broadcast_to(f, batch) for f in folds], axis=0), -1, 0)
+
+    stat.n_video_samples = n_vid
+    return stat
+
+
+def cell_bootstrap(per_fold: list[np.ndarray], shared: bool, n_boot: int, seed: int, level_ci: float = 0.95):
+    """Point estimate (2,), interval bounds lo, hi (2,) and replicates (2, n_boot) of one cell."""
+    data, stat = cell_data(per_fold, shared), cell_statistic(per_fold, shared)
+    lo, hi, reps = bootstrap(data, stat, n_boot, seed, level_ci)
+    return stat(*data), lo, hi, reps
 
 
 def seed_spread(per_fold: list[np.ndarray]) -> np.ndarray:
@@ -122,13 +145,14 @@ def seed_spread(per_fold: list[np.ndarray]) -> np.ndarray:
 # --------------------------------------------------------------------------- the ladder
 def build(levels: dict[str, str | Path], variants, folds, fold_videos: dict, test_videos, ceiling: dict | None,
           n_boot: int = 1000, seed: int = 0, level_ci: float = 0.95) -> tuple[pd.DataFrame, dict]:
-    """The ladder table and the bootstrap replicates behind it.
+    """The ladder table and the cells behind it.
 
-    levels: {level: runs root}; fold_videos: {fold: validation videos}; ceiling: {split: (point (2,),
-    replicates (n_boot, 2))} or None. Returns (table with columns split, level, variant, target,
-    ccc, lo, hi, seed_sd, n_seeds; {(split, level, variant): replicates}).
+    levels: {level: runs root}; fold_videos: {fold: validation videos}; ceiling: {split: per-fold
+    statistics (one "seed" each, :func:`ceiling_stats`)} or None. Returns (table with columns split,
+    level, variant, target, ccc, lo, hi, seed_sd, n_seeds; {(split, level, variant): (per-fold
+    statistics, shared video draw)}, what :func:`compare` bootstraps again, with ``n_boot`` and
+    ``seed`` stored under the key "boot").
     """
-    alpha = (1 - level_ci) / 2
     rows, reps = [], {}
     for split in SPLITS:
         vids = (lambda f: list(test_videos)) if split == "test" else (lambda f: list(fold_videos[f]))
@@ -136,48 +160,54 @@ def build(levels: dict[str, str | Path], variants, folds, fold_videos: dict, tes
             cells = collect(runs, variants, folds, split, vids)
             if not cells:
                 continue
-            any_cell = next(iter(cells.values()))
-            vcounts, _ = _draws([st.shape[1] for st in any_cell], [1] * len(any_cell), n_boot, seed, split == "test")
             for v, per_fold in cells.items():
-                _, picks = _draws([st.shape[1] for st in per_fold], [st.shape[0] for st in per_fold], n_boot,
-                                  seed + 1 + list(variants).index(v), split == "test")
-                point, r = cell_scores(per_fold, vcounts, picks)
-                reps[(split, level, v)] = r
+                point, lo, hi, _ = cell_bootstrap(per_fold, split == "test", n_boot, seed, level_ci)
+                reps[(split, level, v)] = (per_fold, split == "test")
                 sd = seed_spread(per_fold)
                 for j, t in enumerate(TARGETS):
-                    lo, hi = np.nanquantile(r[:, j], [alpha, 1 - alpha])
                     rows.append({"split": split, "level": level, "variant": v, "target": t, "ccc": point[j],
-                                 "lo": lo, "hi": hi, "seed_sd": sd[j], "n_seeds": int(min(st.shape[0] for st in per_fold)),
+                                 "lo": lo[j], "hi": hi[j], "seed_sd": sd[j], "n_seeds": int(min(st.shape[0] for st in per_fold)),
                                  "n_folds": len(per_fold)})
         if ceiling and split in ceiling:
-            point, r = ceiling[split]
-            reps[(split, "ceiling", "all")] = r
+            per_fold = ceiling[split]
+            point, lo, hi, _ = cell_bootstrap(per_fold, split == "test", n_boot, seed, level_ci)
+            reps[(split, "ceiling", "all")] = (per_fold, split == "test")
             for j, t in enumerate(TARGETS):
-                lo, hi = np.nanquantile(r[:, j], [alpha, 1 - alpha])
                 rows.append({"split": split, "level": "ceiling", "variant": "all", "target": t, "ccc": point[j],
-                             "lo": lo, "hi": hi, "seed_sd": 0.0, "n_seeds": 0, "n_folds": 0})
+                             "lo": lo[j], "hi": hi[j], "seed_sd": 0.0, "n_seeds": 0, "n_folds": 0})
+    reps["boot"] = (n_boot, seed)
     return pd.DataFrame(rows), reps
 
 
 def compare(reps: dict, table: pd.DataFrame, a: tuple[str, str, str], b: tuple[str, str, str],
             level_ci: float = 0.95) -> dict:
     """Paired difference a - b of two cells (split, level, variant) on valence and arousal, with
-    the interval of the replicate differences (same video draws; seeds drawn independently)."""
-    alpha = (1 - level_ci) / 2
-    d = reps[a] - reps[b]
+    its bootstrap interval: one ``scipy.stats.bootstrap`` of cell_a - cell_b over the cells' video
+    indices (the same draw as the cells' own intervals; both cells score the same videos) and
+    each cell's own seed indices (drawn independently)."""
+    (fa, shared), (fb, _) = reps[a], reps[b]
+    n_boot, seed = reps["boot"]
+    da, db = cell_data(fa, shared), cell_data(fb, shared)
+    sa, sb = cell_statistic(fa, shared), cell_statistic(fb, shared)
+    n_vid = sa.n_video_samples  # both cells score the same videos
+    na = len(da) - n_vid
+
+    def diff(*samples, axis=-1):
+        vids = samples[:n_vid]
+        return sa(*vids, *samples[n_vid:n_vid + na]) - sb(*vids, *samples[n_vid + na:])
+
+    lo, hi, _ = bootstrap((*da, *db[n_vid:]), diff, n_boot, seed, level_ci)
     out = {}
     for j, t in enumerate(TARGETS):
         pa = table.query("split == @a[0] and level == @a[1] and variant == @a[2] and target == @t").ccc.item()
         pb = table.query("split == @b[0] and level == @b[1] and variant == @b[2] and target == @t").ccc.item()
-        lo, hi = np.nanquantile(d[:, j], [alpha, 1 - alpha])
-        out[t] = {"diff": pa - pb, "lo": float(lo), "hi": float(hi)}
+        out[t] = {"diff": pa - pb, "lo": float(lo[j]), "hi": float(hi[j])}
     return out
 
 
-def ceiling_replicates(index: pd.DataFrame, truth: str | Path, fold_sets, n_boot: int, seed: int, shared: bool):
-    """The label ceiling as (point (2,), replicates (n_boot, 2)): the mean over ``fold_sets`` (lists
-    of videos) of the CCC of the latent at label time against the labels, under the ladder's
-    video bootstrap (``shared``: one draw for all sets, as for the test split)."""
+def ceiling_stats(index: pd.DataFrame, truth: str | Path, fold_sets) -> list[np.ndarray]:
+    """The label ceiling as a cell: per fold set (lists of videos), the (1, n_videos, 2, 6)
+    statistics of the latent at label time against the labels (one "seed")."""
     from mambava.data.oracle import latent_and_labels
 
     per_fold = []
@@ -188,8 +218,7 @@ def ceiling_replicates(index: pd.DataFrame, truth: str | Path, fold_sets, n_boot
             frames.append(pd.DataFrame({"video": v, "valence": at_label[:, 0], "arousal": at_label[:, 1],
                                         "valence_true": lab[:, 0], "arousal_true": lab[:, 1]}))
         per_fold.append(video_stats(pd.concat(frames), list(videos))[None])  # one "seed"
-    vcounts, picks = _draws([st.shape[1] for st in per_fold], [1] * len(per_fold), n_boot, seed, shared)
-    return cell_scores(per_fold, vcounts, picks)
+    return per_fold
 
 
 # --------------------------------------------------------------------------- the stage
@@ -201,11 +230,11 @@ COMPARISONS = (  # (a, b): the ladder's claims about context, on arousal and val
 
 def run(cfg) -> dict:
     """The ``ladder`` stage: outputs/ladder/{ladder.csv, comparisons.csv, ladder.json, ladder.png}."""
-    from mambava.config import VARIANTS
+    from mambava.models import VARIANTS
     from mambava.data.affwild2 import load_index
     from mambava.data.oracle import truth_dir
     from mambava.data.windows import fold_videos, read_folds
-    from mambava.train import level_skipped
+    from mambava.runtime import level_skipped
 
     out = Path(cfg.ladder.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,8 +253,8 @@ def run(cfg) -> dict:
     else:
         levels = {"oracle": Path(cfg.evaluate.out) / "oracle", **levels}
         td = truth_dir(cfg)
-        ceiling = {"test": ceiling_replicates(index, td, [test] * len(folds), n_boot, seed, True),
-                   "validation": ceiling_replicates(index, td, [fvids[f] for f in folds], n_boot, seed, False)}
+        ceiling = {"test": ceiling_stats(index, td, [test] * len(folds)),
+                   "validation": ceiling_stats(index, td, [fvids[f] for f in folds])}
     table, reps = build(levels, VARIANTS, folds, fvids, test, ceiling, n_boot, seed, cfg.evaluate.level)
     return write(out, table, comparisons(reps, table, cfg.evaluate.level), skipped=why)
 
@@ -233,7 +262,7 @@ def run(cfg) -> dict:
 def comparisons(reps: dict, table: pd.DataFrame, level_ci: float = 0.95) -> pd.DataFrame:
     """Every pair of COMPARISONS present in ``reps``, per split and level: a - b with its interval."""
     rows = []
-    for split, level in dict.fromkeys((k[0], k[1]) for k in reps):
+    for split, level in dict.fromkeys((k[0], k[1]) for k in reps if k != "boot"):
         for a, b in COMPARISONS:
             if (split, level, a) in reps and (split, level, b) in reps:
                 for t, d in compare(reps, table, (split, level, a), (split, level, b), level_ci).items():
@@ -288,7 +317,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     axes[0].set_ylabel("CCC (mean over folds and seeds, 95% CI)")
     axes[1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from mambava.io import write_figure
+
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)

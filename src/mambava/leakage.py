@@ -47,29 +47,35 @@ def per_video_table(runs: Path, variant: str, folds: pd.DataFrame) -> pd.DataFra
 
 def leak_effect(pv: pd.DataFrame, n_boot: int, seed: int, level: float = 0.95) -> dict:
     """Mean per-video CCC of leaked minus clean official-training videos, frame-weighted, with a
-    bootstrap interval that resamples videos within each group."""
+    bootstrap percentile interval (``scipy.stats.bootstrap``, :func:`mambava.metrics.bootstrap`)
+    that resamples videos within each group: the two groups are two independent samples."""
+    from mambava.metrics import bootstrap
+
     part = pv[pv["official_train"]]
     a, b = part[part["leaked"]], part[~part["leaked"]]
-    rng = np.random.default_rng(seed)
     out = {"n_leaked_videos": int(len(a)), "n_clean_videos": int(len(b))}
     if len(a) == 0 or len(b) == 0:
         return out
-    alpha = (1 - level) / 2
-    for key in ("ccc_valence", "ccc_arousal", "p_va"):
-        def mean(df, idx):
-            return np.average(df[key].to_numpy()[idx], weights=df["n_frames"].to_numpy()[idx])
+    keys = ("ccc_valence", "ccc_arousal", "p_va")
+    va, vb = a[list(keys)].to_numpy(np.float64), b[list(keys)].to_numpy(np.float64)
+    wa, wb = a["n_frames"].to_numpy(np.float64), b["n_frames"].to_numpy(np.float64)
 
-        point = mean(a, np.arange(len(a))) - mean(b, np.arange(len(b)))
-        reps = [mean(a, rng.integers(0, len(a), len(a))) - mean(b, rng.integers(0, len(b), len(b)))
-                for _ in range(n_boot)]
-        lo, hi = np.quantile(reps, [alpha, 1 - alpha])
-        out[key] = {"diff": round(float(point), 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4)}
+    def diff(ia, ib, axis=-1):  # frame-weighted means of the drawn videos: (3, *batch)
+        ma = np.einsum("...v,...vk->k...", wa[ia], va[ia]) / wa[ia].sum(axis=-1)
+        mb = np.einsum("...v,...vk->k...", wb[ib], vb[ib]) / wb[ib].sum(axis=-1)
+        return ma - mb
+
+    ia, ib = np.arange(len(a)), np.arange(len(b))
+    point = diff(ia, ib)
+    lo, hi, _ = bootstrap((ia, ib), diff, n_boot, seed, level)
+    for j, key in enumerate(keys):
+        out[key] = {"diff": round(float(point[j]), 4), "lo": round(float(lo[j]), 4), "hi": round(float(hi[j]), 4)}
     return out
 
 
 def run(cfg) -> dict:
     """The ``leakage`` stage (module doc)."""
-    from mambava import evaluate, train
+    from mambava import evaluate, train_runs
     from mambava.data.windows import make_folds, read_folds, write_folds
     from mambava.io import write_json
     from mambava.report import fold_scores
@@ -95,7 +101,7 @@ def run(cfg) -> dict:
     })
     variant = cfg.book.variant
     folds = list(range(1, int(paper["cv_fold"].max()) + 1))
-    train.run_all(sub, variant, "mae", folds=folds, progress=False)
+    train_runs.run_all(sub, variant, "mae", folds=folds, progress=False)
     evaluate.run_all(sub, variant, "mae", folds=folds)
     runs = root / "runs" / "mae"
     pv = per_video_table(runs, variant, paper)

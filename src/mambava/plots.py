@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from mambava.config import VARIANTS
+from mambava.io import write_csv, write_figure
+from mambava.models import VARIANTS
+from mambava.results import discover_runs
 
 log = logging.getLogger("mambava.plots")
 
@@ -30,16 +31,13 @@ KEYS = ("ccc_valence", "ccc_arousal", "p_va", "ccc_valence_lo", "ccc_valence_hi"
 
 
 def find_runs(runs: str | Path) -> list[tuple[str, int, Path]]:
-    """(variant, fold, folder) of every evaluated run folder (``<variant>/fold<k>/metrics.json``,
-    the primary seed), variants in study order."""
-    found = []
-    for p in Path(runs).glob("*/fold*/metrics.json"):
-        d = p.parent
-        fold = d.name.removeprefix("fold")
-        if fold.isdigit():
-            found.append((d.parent.name, int(fold), d))
-    order = {v: i for i, v in enumerate(VARIANTS)}
-    return sorted(found, key=lambda r: (order.get(r[0], 99), r[0], r[1]))
+    """(variant, fold, folder) of every evaluated run folder, variants in study order
+    (:func:`mambava.results.discover_runs`; [] when there is none)."""
+    try:
+        found = discover_runs(runs)
+    except FileNotFoundError:
+        return []
+    return [(r.variant, int(r.fold), Path(r.path)) for r in found.itertuples()]
 
 
 def results_table(runs: str | Path) -> pd.DataFrame:
@@ -101,16 +99,13 @@ def _bars(table: pd.DataFrame, path: Path) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    write_figure(fig, path, dpi=120)
 
 
 def run(cfg, out: str | Path = "outputs/plots") -> pd.DataFrame:
     """The ``plots`` stage: PNGs and results.csv of the MAE-feature runs (primary seed of each fold)."""
     from mambava.runlog import read_evals, read_steps
-    from mambava.train import train_dir
+    from mambava.runtime import train_dir
 
     runs, out = Path(cfg.evaluate.out) / "mae", Path(out)
     if not find_runs(runs):
@@ -120,10 +115,7 @@ def run(cfg, out: str | Path = "outputs/plots") -> pd.DataFrame:
         return train_dir(cfg, "mae", variant, fold, cfg.train.seed)
 
     table = results_table(runs)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.csv.tmp"
-    table.to_csv(tmp, index=False, float_format="%.6f")
-    os.replace(tmp, out / "results.csv")
+    write_csv(table, out / "results.csv", float_format="%.6f")
     _curves(runs, trained, read_evals, "p_va", "validation P_VA", out / "training_ccc.png")
     _curves(runs, trained, read_steps, "loss", "training loss (2 - CCC_v - CCC_a)", out / "training_loss.png")
     if len(table):

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambava.errors import UserError
+from mambava.io import write_figure
 
 log = logging.getLogger("mambava.predict")
 
@@ -68,7 +69,8 @@ class Predictor:
     def features(self, folder: str | Path, n_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(features (n, dim) float16, face mask (n,)) of a cropped folder, by the features stage's
         own function; ``n_frames`` defaults to the highest frame number on disk."""
-        from mambava.features.extract import extract_features, load_features
+        from mambava.features.extract import extract_features
+        from mambava.features.store import load_features
         from mambava.features.frames import frames_on_disk
 
         folder = Path(folder)
@@ -103,8 +105,7 @@ class Predictor:
 def from_run(cfg, variant: str, fold: int) -> Predictor:
     """The Predictor of a pipeline run: ``mae_finetune.out``'s encoder and the run's best.pt."""
     from mambava.features.mae import EncoderSpec, load_encoder
-    from mambava.inference import resolve_device
-    from mambava.train import load_best, train_dir
+    from mambava.runtime import load_best, resolve_device, train_dir
 
     device = resolve_device(cfg.device)
     ckpt = Path(cfg.mae_finetune.out) / "checkpoint.pt"
@@ -213,12 +214,8 @@ def plot(df: pd.DataFrame, path: str | Path, title: str = "") -> None:
     if title:
         axes[0, 0].set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110)
+    write_figure(fig, Path(path), format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def draw(image: np.ndarray, pose, values: tuple[float, float] | None, crop_cfg, label: str = "") -> np.ndarray:

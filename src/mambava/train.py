@@ -1,11 +1,13 @@
-"""Training of one (variant, fold): the ``train`` stage.
+"""Training of one (variant, fold): the loop of the ``train`` stage (:func:`fit`); the stage itself
+(fingerprints, finished runs kept, every fold and seed) is :mod:`mambava.train_runs`.
 
 Windows of ``train.window`` frames with stride ``train.stride`` (``window_fold0``/``stride_fold0``
 on fold 0) of the fold's training videos, in batches of ``train.batch_size``; loss
 ``(1 - CCC_v) + (1 - CCC_a)`` over the batch with frames labelled -5 (and window padding) masked;
 AdamW; the learning rate rises linearly for ``warmup_epochs`` and then follows cosine annealing
-with warm restarts, stepped per batch (:func:`lr_factor`, the curve of PyTorch's
-``CosineAnnealingWarmRestarts``); gradients clipped to ``grad_clip``. The fold's validation
+with warm restarts, stepped per batch (:func:`mambava.schedules.warmup_cosine`: PyTorch's
+``SequentialLR`` of ``LinearLR`` and ``CosineAnnealingWarmRestarts``); gradients clipped to
+``grad_clip``. The fold's validation
 videos are predicted ``evals_per_epoch`` times per epoch with the ``evaluate`` section's
 inference; the weights with the best CCC_v + CCC_a are kept in ``best.pt``.
 
@@ -17,8 +19,8 @@ the same batches as an uninterrupted one and, on CPU, ends with bitwise the same
 DVCLive folder is rebuilt from the rows in ``last.pt``, so it ends with the same bytes too.
 ``last.pt`` is deleted when the run completes (it is not a stage output).
 
-Files in ``<train.out>/<level>/<variant>/fold<k>/seed<s>/`` (:func:`train_dir`; the ``train`` stage runs every
-fold and seed of one (level, variant), :func:`run_all`):
+Files in ``<train.out>/<level>/<variant>/fold<k>/seed<s>/`` (:func:`mambava.runtime.train_dir`; the ``train``
+stage runs every fold and seed of one (level, variant), :func:`mambava.train_runs.run_all`):
 
 - ``best.pt``: ``{"model": state_dict, "model_cfg": dict, "variant", "fold", "step", ...}``,
   loadable with ``torch.load(..., weights_only=True)``;
@@ -32,20 +34,13 @@ fold and seed of one (level, variant), :func:`run_all`):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
-import platform
-import resource
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -53,11 +48,11 @@ from mambava import distributed
 from mambava.checks import NonFiniteError, check_training_step
 from mambava.data.sharding import window_share
 from mambava.data.windows import UNLABELLED, Video, Windows, pad_to
-from mambava.io import write_text as atomic_write_text
-from mambava.io import write_timing
+from mambava.io import write_torch as atomic_torch_save
 from mambava.metrics import ccc_loss, ccc_va
-from mambava.resume import content_digest, pause_point
+from mambava.resume import pause_point
 from mambava.runlog import RunLog
+from mambava.schedules import warmup_cosine
 
 log = logging.getLogger("mambava.train")
 
@@ -66,26 +61,6 @@ CHECKPOINT_FORMAT = 1
 
 class Interrupted(RuntimeError):
     """Raised by the ``interrupt_at`` test hook, as if the process had been killed there."""
-
-
-# --------------------------------------------------------------------------- schedule
-def lr_factor(step: int, warmup_steps: int, period_steps: int, mult: int = 1, min_ratio: float = 0.0) -> float:
-    """Learning-rate multiplier after ``step`` optimizer steps.
-
-    Linear warm-up from 1/warmup to 1 over ``warmup_steps``, then cosine annealing with warm
-    restarts from 1 to ``min_ratio`` over periods of ``period_steps`` (x ``mult`` after each).
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    t = step - warmup_steps
-    period = max(1, period_steps)
-    if mult == 1:
-        t %= period
-    else:
-        n = int(math.log(t / period * (mult - 1) + 1, mult))
-        t -= period * (mult**n - 1) // (mult - 1)
-        period *= mult**n
-    return min_ratio + (1.0 - min_ratio) * (1.0 + math.cos(math.pi * t / period)) / 2.0
 
 
 def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -112,54 +87,6 @@ def eval_points(steps_per_epoch: int, evals_per_epoch: int) -> set[int]:
     """In-epoch step counts (1..steps_per_epoch) after which to validate; always the last."""
     k = min(evals_per_epoch, steps_per_epoch)
     return {round(i * steps_per_epoch / k) for i in range(1, k + 1)}
-
-
-# --------------------------------------------------------------------------- files
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-
-def peak_memory() -> dict:
-    """Peak resident memory of this process (and of the GPU allocator when there is one), MiB."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    if sys.platform == "darwin":
-        rss /= 1024
-    out = {"peak_memory_mb": round(rss, 1)}  # MiB, process resident set
-    if torch.cuda.is_available():
-        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return out
-
-
-def set_threads(n: int | None) -> None:
-    """CPU threads of torch and of the numba scan (``train.threads``; None = leave the defaults).
-
-    On a small shared machine one thread each avoids two OpenMP pools spinning against each
-    other, which costs far more than it gains for a model this small.
-    """
-    if not n:
-        return
-    torch.set_num_threads(n)
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:  # pragma: no cover - numba is a dependency, but only the scan needs it
-        pass
-
-
-def environment(device: torch.device, backend: str, seed: int) -> dict:
-    return {
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "scan_backend": backend,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "seed": seed,
-    }
 
 
 # --------------------------------------------------------------------------- several processes
@@ -242,10 +169,7 @@ def fit(
     points = eval_points(spe, tc.evals_per_epoch)
     opt = torch.optim.AdamW(optimizer_groups(model, tc.weight_decay), lr=tc.lr)
     warm, period = tc.warmup_epochs * spe, tc.restart_epochs * spe
-    ratio = tc.min_lr / tc.lr
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, warm, period, tc.restart_mult, ratio)
-    )
+    sched = warmup_cosine(opt, warm, period, tc.restart_mult, eta_min=tc.min_lr)
 
     step, elapsed = 0, 0.0
     best = {"score": -math.inf, "step": 0, "ccc_valence": math.nan, "ccc_arousal": math.nan, "p_va": math.nan}
@@ -368,226 +292,3 @@ def _restore_outputs(out: Path, best_ck: dict | None) -> None:
     are rebuilt by :class:`~mambava.runlog.RunLog`)."""
     if best_ck is not None:
         atomic_torch_save(best_ck, out / "best.pt")
-
-
-# --------------------------------------------------------------------------- the stage
-LEVELS = ("mae", "oracle")  # the signal ladder's trained rungs: MAE features, the twin's rendered parameters
-
-
-def fingerprint_of(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def code_digest() -> dict[str, str]:
-    """SHA-256 of the code a run's numbers depend on (training loop, models, windows, metrics,
-    inference): a finished run is kept only if this code is unchanged too."""
-    import mambava.data.windows
-    import mambava.inference
-    import mambava.metrics
-    import mambava.models
-    import mambava.runlog
-
-    files = [Path(__file__), Path(mambava.data.windows.__file__), Path(mambava.inference.__file__),
-             Path(mambava.metrics.__file__), Path(mambava.runlog.__file__),
-             *sorted(Path(mambava.models.__file__).parent.glob("*.py"))]
-    return content_digest(files)
-
-
-def seeds_of(tc) -> list[int]:
-    """The seeds of every (variant, fold): ``train.seed``, ``train.seed + 1``, ... (``train.seeds`` of them).
-    The first is the primary seed: its evaluation is the one Tables 1 and 2 report."""
-    return [tc.seed + i for i in range(tc.seeds)]
-
-
-def level_features(cfg, level: str) -> str:
-    """The feature store a ladder level trains on."""
-    if level not in LEVELS:
-        raise ValueError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
-    return cfg.features.dir if level == "mae" else cfg.ladder.oracle_dir
-
-
-def level_skipped(cfg, level: str) -> str | None:
-    """Why a level does not run (the oracle needs the twin's ground truth), or None."""
-    if level == "oracle" and cfg.data.source != "synthetic":
-        return f"the oracle level needs the twin's ground truth; data.source is {cfg.data.source}"
-    return None
-
-
-def train_dir(cfg, level: str, variant: str, fold: int, seed: int) -> Path:
-    """``<train.out>/<level>/<variant>/fold<k>/seed<s>/``: best.pt, train_metrics.json, logs/."""
-    return Path(cfg.train.out) / level / variant / f"fold{fold}" / f"seed{seed}"
-
-
-def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = None, progress: bool = True,
-        interrupt_at: int | None = None, cache: dict | None = None) -> dict:
-    """Train one (level, variant, fold, seed) (``seed`` None: the primary seed) and write its folder.
-
-    A folder whose ``train_metrics.json`` carries the same fingerprint (settings, videos and the
-    content of their features and labels) is finished: it is not trained again. ``cache`` lets a
-    caller that trains several runs share the loaded videos and their hashes.
-    """
-    from mambava.data.affwild2 import load_index
-    from mambava.data.windows import fold_videos, read_folds
-    from mambava.features.extract import feature_path
-    from mambava.inference import build_model, load_videos, resolve_device, scan_backend, variant_model_config
-
-    tc = cfg.train
-    seed = tc.seed if seed is None else seed
-    tc = tc.model_copy(update={"seed": seed})
-    set_threads(tc.threads)
-    ddp, device = distributed.setup(resolve_device(cfg.device))  # torchrun: this rank's place and device
-    feats_dir = level_features(cfg, level)
-    cache = {} if cache is None else cache
-    key = ("fold", fold)
-    if key not in cache:
-        index = load_index(cfg.data.index)
-        train_names, val_names = fold_videos(read_folds(cfg.folds.file), fold)
-        if not train_names or not val_names:
-            raise ValueError(f"{cfg.folds.file}: fold {fold} has {len(train_names)} train and {len(val_names)} validation videos")
-        rows = index.set_index("video")
-        # the content of every input file (re-extracted features of the same shape are other data)
-        data_hash = {
-            "features": content_digest(feature_path(feats_dir, v) for v in train_names + val_names),
-            "annotations": content_digest(a for a in rows.loc[train_names + val_names, "annotation"]
-                                          if isinstance(a, str) and a),
-            "folds": content_digest([cfg.folds.file]),
-            "code": code_digest(),
-        }
-        cache[key] = (train_names, val_names, load_videos(index, train_names, feats_dir),
-                      load_videos(index, val_names, feats_dir), data_hash)
-    train_names, val_names, train_videos, val_videos, data_hash = cache[key]
-    dim = train_videos[0].features.shape[1]
-    mcfg = variant_model_config(cfg.model, variant)
-    if level != "mae":  # the oracle store has its own width
-        mcfg = mcfg.model_copy(update={"input_dim": dim})
-    if dim != mcfg.input_dim:
-        raise ValueError(
-            f"{feature_path(feats_dir, train_names[0])}: features are {dim}-d but model.input_dim is "
-            f"{mcfg.input_dim} (set model.input_dim to the encoder's embed_dim)"
-        )
-    w, s = (tc.window_fold0, tc.stride_fold0) if fold == 0 else (tc.window, tc.stride)
-    out = train_dir(cfg, level, variant, fold, seed)
-    parts = {
-        "train": tc.model_dump(exclude={"threads", "out", "seeds", "workers"}), "model": mcfg.model_dump(),
-        "evaluate": cfg.evaluate.model_dump(include={"inference", "window", "stride"}),
-        "level": level, "variant": variant, "fold": fold, "train_videos": train_names, "val_videos": val_names,
-        "data": data_hash,
-    }
-    fingerprint = fingerprint_of(parts)
-    done = out / "train_metrics.json"
-    if done.exists() and (out / "best.pt").exists():
-        prev = json.loads(done.read_text())
-        if prev.get("fingerprint") == fingerprint:
-            log.info("%s: finished earlier with the same settings and data; kept", out)
-            return prev
-    train_set = Windows(train_videos, w, s, tc.last_window)
-    torch.manual_seed(seed)
-    model = build_model(mcfg)
-    n_params = sum(p.numel() for p in model.parameters())
-    backend = scan_backend(mcfg, device)
-    log.info(
-        "train %s/%s fold %d seed %d on %s (scan %s): %d videos, %d windows of %d/%d, %d validation videos, %.3fM parameters%s",
-        level, variant, fold, seed, device, backend, len(train_names), len(train_set), w, s, len(val_names), n_params / 1e6,
-        f"; rank {ddp.rank} of {ddp.world_size} ({ddp.backend})" if ddp.enabled else "",
-    )
-    done.unlink(missing_ok=True)
-    summary = fit(
-        model, train_set, val_videos, tc, cfg.evaluate, device, out,
-        fingerprint=fingerprint,
-        extra_best={"model_cfg": mcfg.model_dump(), "variant": variant, "fold": fold, "level": level, "seed": seed},
-        progress=progress, interrupt_at=interrupt_at, ddp=ddp,
-    )
-    metrics = {
-        **summary,
-        "level": level,
-        "variant": variant,
-        "fold": fold,
-        "n_params": n_params,
-        "n_train_videos": len(train_names),
-        "n_val_videos": len(val_names),
-        "n_train_windows": len(train_set),
-        "window": w,
-        "stride": s,
-        "fingerprint": fingerprint,
-        **environment(device, backend, seed),
-        **({"world_size": ddp.world_size, "dist_backend": ddp.backend} if ddp.enabled else {}),
-    }
-    # measured, not computed: beside the metrics in a file DVC does not hash (mambava.io)
-    timing = {**{k: metrics.pop(k) for k in ("seconds", "seconds_per_epoch")}, **peak_memory()}
-    if ddp.is_main:
-        atomic_write_text(done, json.dumps(metrics, indent=2) + "\n")
-        write_timing(out, "train", timing)
-        log.info(
-            "%s: best CCC_v %.4f CCC_a %.4f at step %d; %.1f s", out, metrics["ccc_valence"],
-            metrics["ccc_arousal"], metrics["best_step"], timing["seconds"],
-        )
-    return {**metrics, **timing}
-
-
-_JOB_CACHE: dict = {}  # per worker process: the loaded videos of the folds it has trained
-
-
-def _train_job(args) -> dict:
-    cfg, variant, level, fold, seed, progress = args
-    cache = _JOB_CACHE.setdefault((level, fold), {})
-    return run(cfg, variant, fold, level, seed, progress=progress, cache=cache)
-
-
-def parallel_map(fn, items: list, workers: int | None) -> list:
-    """``[fn(x) for x in items]`` in up to ``workers`` forked processes (1 or None: in this one).
-
-    Each run is independent and seeded, and pins its own threads (``train.threads``), so the
-    results do not depend on the number of workers (up to float32 rounding, ~1e-8 in our tests);
-    on a 2-core machine two single-threaded runs at once use both cores. Forked workers share the
-    parent's imports (no second start-up)."""
-    if not workers or workers <= 1 or len(items) <= 1:
-        return [fn(x) for x in items]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=mp.get_context("fork")) as pool:
-        return list(pool.map(fn, items))
-
-
-def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None = None, progress: bool = True) -> dict:
-    """The ``train`` stage of one (level, variant): every fold and seed in this process (one start-up
-    instead of one per run; finished runs are kept, see :func:`run`). Writes the summary
-    ``<train.out>/<level>/<variant>.json`` (best validation CCCs per fold and seed) and returns it."""
-    from mambava.data.windows import read_folds
-
-    root = Path(cfg.train.out) / level
-    summary_path = root / f"{variant}.json"
-    why = level_skipped(cfg, level)
-    if why:
-        log.warning("train %s/%s skipped: %s", level, variant, why)
-        (root / variant).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(summary_path, json.dumps({"skipped": why}, indent=2) + "\n")
-        return {"skipped": why}
-    if folds is None:
-        k = int(read_folds(cfg.folds.file)["cv_fold"].max())
-        folds = range(0, k + 1)
-    jobs = [(fold, seed) for fold in folds for seed in seeds_of(cfg.train)]
-    # under torchrun the ranks share each run (DDP); forked workers would split them again
-    workers = 1 if distributed.from_env()[1] > 1 else cfg.train.workers
-    results = parallel_map(_train_job, [(cfg, variant, level, f, s, progress) for f, s in jobs], workers)
-    runs = {f"fold{f}/seed{s}": {k: m[k] for k in ("ccc_valence", "ccc_arousal", "p_va", "best_step")}
-            for (f, s), m in zip(jobs, results)}
-    results = {"level": level, "variant": variant, "runs": runs}
-    if distributed.from_env()[0] == 0:
-        atomic_write_text(summary_path, json.dumps(results, indent=2) + "\n")
-    return results
-
-
-def load_best(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """The model of a ``best.pt`` (weights_only load) and the checkpoint's other entries."""
-    from mambava.config import ModelConfig
-    from mambava.inference import build_model
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no checkpoint (run `dvc repro train`)")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(ModelConfig.model_validate(ck["model_cfg"]))
-    model.load_state_dict(ck["model"])
-    model.to(device).eval()
-    return model, {k: v for k, v in ck.items() if k != "model"}

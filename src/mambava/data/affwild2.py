@@ -1,4 +1,5 @@
-"""Aff-Wild2 valence-arousal data in its official layout: read, validate, index.
+"""Aff-Wild2 valence-arousal data in its official layout: read and index (validation:
+:mod:`mambava.data.validate`).
 
 The layout (8th ABAW release), relative to a root folder::
 
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ CROPS = "cropped_aligned"
 ANNOTATIONS = Path("annotations") / "VA_Estimation_Challenge"
 SPLIT_DIRS = {"train": "Train_Set", "validation": "Validation_Set"}
 HEADER = "valence,arousal"
-UNLABELLED = -5.0
+UNLABELLED = -5.0  # the official files' value of a frame without a label (the one definition)
 FRAME_RE = re.compile(r"^(\d{5})\.jpg$")
 OFFICIAL_TEST_LIST = "test_set_release.txt"  # the organisers' list of test videos, at the root
 INDEX_COLUMNS = ["video", "split", "n_frames", "n_frames_on_disk", "n_annotated", "path", "annotation"]
@@ -140,14 +139,12 @@ def read_annotation(path: str | Path) -> np.ndarray:
 
 def write_annotation(path: str | Path, labels: np.ndarray) -> None:
     """Write (n, 2) labels in the official format, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    from mambava.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write(HEADER + "\n")
         for v, a in labels:
             f.write(f"{_fmt(v)},{_fmt(a)}\n")
-    os.replace(tmp, path)
 
 
 def _fmt(x: float) -> str:
@@ -248,123 +245,3 @@ def write_index(index: pd.DataFrame, path: str | Path) -> None:
     from mambava.io import write_csv
 
     write_csv(index, path)
-
-
-# --------------------------------------------------------------------------- validation
-@dataclass
-class _VideoCheck:
-    video: str
-    problems: list[str]
-
-
-def _check_jpegs(video_dir: Path) -> list[str]:
-    """Decode every frame (at 1/8 scale: the whole entropy stream is still read, so truncated
-    or corrupt files fail) and report the ones that are not readable JPEGs, and misnamed files."""
-    from PIL import Image
-
-    problems = []
-    with os.scandir(video_dir) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for e in entries:
-        p = video_dir / e.name
-        if is_hidden(e.name):
-            continue
-        m = FRAME_RE.match(e.name)
-        if not m:
-            problems.append(f"{p}: unexpected file name (expected 5-digit, 1-based frame names like 00001.jpg)")
-            continue
-        if int(m.group(1)) == 0:
-            problems.append(f"{p}: frame number 0 (frame names are 1-based: 00001.jpg is the first)")
-            continue
-        try:
-            with Image.open(p) as im:
-                if im.format != "JPEG":
-                    raise OSError(f"format is {im.format}, not JPEG")
-                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-                im.load()
-        except Exception as exc:  # PIL raises many types for broken files
-            problems.append(f"{p}: not a readable JPEG ({exc})")
-    return problems
-
-
-def validate_layout(root: str | Path, test_list: str | None = None, workers: int = 4) -> list[str]:
-    """Check a copy in the official layout; return every problem found, with file and line.
-
-    Checks: annotation folders present; header, numeric values, values in [-1, 1] or -5;
-    annotation files shorter than the frames on disk; frames that are not readable JPEGs or are
-    misnamed; empty video folders; annotation files without frames; frames without annotations
-    (video folders in no split and not in the test list, when one is given); videos both in the
-    test list and annotated in a split; test lists and annotations that are not UTF-8 text.
-    Benign quirks are accepted: a UTF-8 byte-order mark, CRLF line ends, blank last lines,
-    hidden files (.DS_Store, ._*). Without ``test_list``, the official list at the root
-    (``test_set_release.txt``) is used when present.
-    """
-    root = Path(root)
-    test_list = default_test_list(root, test_list)
-    problems: list[str] = []
-    crops = root / CROPS
-    if not root.is_dir():
-        return [f"{root}: folder does not exist"]
-    if not crops.is_dir():
-        problems.append(f"{crops}: missing (expected cropped_aligned/<video>/00001.jpg ...)")
-    annotated: dict[str, Path] = {}
-    for sub in SPLIT_DIRS.values():
-        folder = root / ANNOTATIONS / sub
-        if not folder.is_dir():
-            problems.append(f"{folder}: missing annotation folder")
-            continue
-        for ann in annotation_files(folder):
-            if ann.stem in annotated:
-                problems.append(f"{ann}: video also annotated in {annotated[ann.stem]}")
-            annotated[ann.stem] = ann
-    test_videos: set[str] = set()
-    if test_list is not None:
-        tl = Path(test_list) if Path(test_list).is_absolute() else root / test_list
-        try:
-            test_videos = set(read_test_list(tl))
-        except (InputError, FileNotFoundError) as exc:
-            problems.append(str(exc))
-        for video in sorted(test_videos & set(annotated)):
-            problems.append(f"{annotated[video]}: video {video} is annotated here but also listed as a test video in {tl}")
-    video_dirs = {p.name: p for p in crops.iterdir() if p.is_dir() and not is_hidden(p.name)} if crops.is_dir() else {}
-
-    def check_video(video: str) -> _VideoCheck:
-        out: list[str] = []
-        vdir = video_dirs.get(video)
-        ann = annotated.get(video)
-        # frame 00000 is reported by _check_jpegs
-        frames = frames_on_disk(vdir, strict=False) if vdir is not None else np.array([], dtype=np.int64)
-        empty = vdir is not None and not any(not is_hidden(p.name) for p in vdir.iterdir())
-        if empty:
-            out.append(f"{vdir}: empty video folder")
-        elif vdir is not None:
-            out.extend(_check_jpegs(vdir))
-        if ann is not None:
-            labels, ann_problems = check_annotation_lines(ann)
-            out.extend(ann_problems)
-            if vdir is None:
-                out.append(f"{ann}: annotation file without frames ({crops / video} does not exist)")
-            elif frames.size:
-                n_lines = len(labels) if labels is not None else _count_body_lines(ann)
-                if frames.max() > n_lines:
-                    out.append(
-                        f"{ann}:{n_lines + 1}: annotation file shorter than the frames on disk "
-                        f"({n_lines} label lines, frames up to {frames.max():05d}.jpg)"
-                    )
-        elif vdir is not None and not empty and video not in test_videos:
-            out.append(f"{vdir}: frames without annotations (no {video}.txt in any split" + (
-                " nor in the test list)" if test_list is not None else ")"))
-        if video in test_videos and vdir is None:
-            out.append(f"{crops / video}: listed in the test list but has no frames")
-        return _VideoCheck(video, out)
-
-    videos = sorted(set(video_dirs) | set(annotated) | test_videos)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for result in pool.map(check_video, videos):
-            problems.extend(result.problems)
-    return problems
-
-
-def _count_body_lines(path: Path) -> int:
-    with open(path, errors="replace") as f:
-        return max(0, sum(1 for _ in f) - 1)

@@ -75,7 +75,7 @@ def load_truth(path: str | Path) -> dict:
 
 def build_oracle_store(index: pd.DataFrame, truth: str | Path, out_dir: str | Path) -> dict:
     """Write the oracle feature store for every video of ``index`` (module doc); returns a summary."""
-    from mambava.features.extract import _atomic_save, feature_path, fill_missing, mask_path
+    from mambava.features.store import feature_path, fill_missing, mask_path, save_array
 
     truth, out = Path(truth), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,8 +94,8 @@ def build_oracle_store(index: pd.DataFrame, truth: str | Path, out_dir: str | Pa
     for video, x in raw.items():
         z = np.nan_to_num((x - mean) / std, nan=0.0)
         m = masks[video]
-        _atomic_save(mask_path(out, video), m)
-        _atomic_save(feature_path(out, video), fill_missing(z, m).astype(np.float16))
+        save_array(mask_path(out, video), m)
+        save_array(feature_path(out, video), fill_missing(z, m).astype(np.float16))
     summary = {"columns": list(COLUMNS), "dim": len(COLUMNS), "videos": len(raw),
                "frames": int(sum(len(x) for x in raw.values())),
                "mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
@@ -115,18 +115,6 @@ def latent_and_labels(index: pd.DataFrame, truth: str | Path, video: str) -> tup
     ann = index.set_index("video").at[video, "annotation"]
     labels = read_annotation(ann) if isinstance(ann, str) and ann else np.asarray(t["labels"])
     return at_label_time, labels
-
-
-def label_ceiling(index: pd.DataFrame, truth: str | Path, videos) -> dict:
-    """CCC of the latent state at label time against the labels, over ``videos`` concatenated.
-
-    The twin's labels are the latent ``lag`` frames earlier plus annotator noise, so this is the
-    best any model can score: the ladder's top rung.
-    """
-    from mambava.metrics import ccc_va
-
-    pairs = [latent_and_labels(index, truth, v) for v in videos]
-    return ccc_va(np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs]))
 
 
 def run(cfg) -> dict:

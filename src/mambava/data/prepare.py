@@ -8,7 +8,8 @@ from pathlib import Path
 
 from mambava.checks import InputError
 from mambava.config import Config
-from mambava.data.affwild2 import build_index, validate_layout, write_index
+from mambava.data.affwild2 import build_index, write_index
+from mambava.data.validate import validate_layout
 from mambava.io import write_json, write_timing
 
 log = logging.getLogger("mambava.data")

@@ -38,7 +38,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-UNLABELLED = -5.0
+from mambava.data.affwild2 import UNLABELLED
+
 LastWindow = Literal["pad", "drop", "shift"]
 FOLD_COLUMNS = ["video", "split", "group", "n_frames", "cv_fold", "encoder"]
 _PAIR_RE = re.compile(r"^(.*)_(left|right)$")

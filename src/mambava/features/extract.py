@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Sequence
@@ -51,113 +50,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mambava import distributed
-from mambava.checks import InputError
 from mambava.data.sharding import shard_by_size
-from mambava.io import file_sha256, write_timing
+from mambava.io import file_sha256, write_text, write_timing
 from mambava.features.frames import FrameDataset, frames_on_disk, normalise
+from mambava.features.store import feature_path, fill_missing, is_done, mask_path, prepare_dir, save_array
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT = "_fingerprint.json"
 SUMMARY = "_summary.json"
 # Testing hook: SIGKILL this process while writing the (N+1)-th video of a run, after its
 # temporary file is written and before it is renamed (a crash in the worst place).
 KILL_AFTER_ENV = "MAMBAVA_FEATURES_KILL_AFTER"
 KILL_RANK_ENV = "MAMBAVA_FEATURES_KILL_RANK"  # with several processes: only this rank (default: any)
-
-
-def feature_path(out_dir: str | Path, video: str) -> Path:
-    return Path(out_dir) / f"{video}.npy"
-
-
-def mask_path(out_dir: str | Path, video: str) -> Path:
-    return Path(out_dir) / f"{video}.mask.npy"
-
-
-def load_features(out_dir: str | Path, video: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(features (n_frames, dim) float16, face mask (n_frames,) bool) of one video, memory-mapped."""
-    fp = feature_path(out_dir, video)
-    if not fp.exists():
-        raise FileNotFoundError(f"{fp}: no features for video {video!r} (run `dvc repro features`)")
-    mode = "r" if mmap else None
-    arrays = []
-    for p in (fp, mask_path(out_dir, video)):
-        try:
-            arrays.append(np.load(p, mmap_mode=mode, allow_pickle=False))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{p}: missing for video {video!r} (run `dvc repro features`)") from None
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"{p}: not a readable .npy array ({exc}); rerun `dvc repro features`") from None
-    feats, mask = arrays
-    if feats.ndim != 2 or mask.shape != (feats.shape[0],):
-        raise InputError(f"{fp}: shape {feats.shape} with a mask of shape {mask.shape} (expected (frames, dim) and (frames,))")
-    return feats, mask
-
-
-def fill_missing(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Forward-fill rows where ``mask`` is False, backward-fill a leading gap; all False -> zeros.
-
-    values: (n, d), mask: (n,) bool. Returns a new array of the same dtype.
-    """
-    values = np.asarray(values)
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return np.zeros_like(values)
-    n = len(mask)
-    # index of the latest face frame at or before each row; before the first: the first one
-    src = np.where(mask, np.arange(n), -1)
-    np.maximum.accumulate(src, out=src)
-    src[src < 0] = int(np.argmax(mask))
-    return values[src]
-
-
-def _atomic_save(path: Path, array: np.ndarray, kill: bool = False) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    if kill:  # testing hook (see KILL_AFTER_ENV)
-        os.kill(os.getpid(), signal.SIGKILL)
-    os.replace(tmp, path)
-
-
-def _is_done(out_dir: Path, video: str, n_frames: int, dim: int | None) -> bool:
-    fp, mp = feature_path(out_dir, video), mask_path(out_dir, video)
-    if not (fp.exists() and mp.exists()):
-        return False
-    try:
-        f = np.load(fp, mmap_mode="r")
-        m = np.load(mp, mmap_mode="r")
-    except (ValueError, OSError):
-        return False
-    return f.dtype == np.float16 and f.shape[0] == n_frames and (dim is None or f.shape[1] == dim) and m.shape == (n_frames,)
-
-
-def _prepare_dir(out_dir: Path, fingerprint: dict | None) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for tmp in out_dir.glob("*.tmp"):  # partial writes of an interrupted run
-        tmp.unlink()
-    fp_file = out_dir / FINGERPRINT
-    if fingerprint is None:
-        return
-    if fp_file.exists():
-        try:
-            old = json.loads(fp_file.read_text())
-        except ValueError:
-            old = None
-        if old == fingerprint:
-            return
-        stale = list(out_dir.glob("*.npy"))
-        if stale:
-            log.warning("%s: features were made by another encoder or setting; removing %d old arrays", out_dir, len(stale))
-            for p in stale:
-                p.unlink()
-    elif any(out_dir.glob("*.npy")):
-        log.warning("%s: arrays without a fingerprint; removing them", out_dir)
-        for p in out_dir.glob("*.npy"):
-            p.unlink()
-    tmp = fp_file.with_name(fp_file.name + ".tmp")
-    tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
-    os.replace(tmp, fp_file)
 
 
 class _VideoChunks:
@@ -204,7 +108,7 @@ def extract_features(
     t0 = time.perf_counter()
     plan = None
     if ddp.is_main:  # one process looks at the folder, so every rank acts on the same state
-        _prepare_dir(out_dir, fingerprint)
+        prepare_dir(out_dir, fingerprint)
         plan = _plan(index, out_dir, ddp.world_size)
     dim, skipped, shards = distributed.broadcast(ddp, plan)
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
@@ -261,8 +165,8 @@ def extract_features(
         mask = np.zeros(n, dtype=bool)
         mask[present - 1] = True
         full = fill_missing(full, mask)
-        _atomic_save(mask_path(out_dir, video), mask)
-        _atomic_save(feature_path(out_dir, video), full, kill=written == kill_after)
+        save_array(mask_path(out_dir, video), mask)
+        save_array(feature_path(out_dir, video), full, kill=written == kill_after)
         written += 1
 
     pending = {}  # video k -> list of (start offset, features)
@@ -312,9 +216,7 @@ def extract_features(
         # what the arrays are in the summary (an output); what this run did and how fast aside
         run_keys = ("videos_written", "videos_skipped", "frames_encoded", "seconds", "frames_per_second",
                     "num_workers", "ranks")
-        tmp = out_dir / (SUMMARY + ".tmp")
-        tmp.write_text(json.dumps({k: v for k, v in summary.items() if k not in run_keys}, indent=2))
-        os.replace(tmp, out_dir / SUMMARY)
+        write_text(out_dir / SUMMARY, json.dumps({k: v for k, v in summary.items() if k not in run_keys}, indent=2))
         write_timing(out_dir, "features", {k: summary[k] for k in run_keys if k in summary})
     log.info("features: %d videos written, %d already done, %d frames at %.1f frames/s",
              written, skipped, frames_done, summary["frames_per_second"] or 0)
@@ -326,7 +228,7 @@ def _plan(index, out_dir: Path, world: int) -> tuple[int | None, int, list[list[
     videos as positions in ``index``, balanced by frame count)."""
     dim, skipped, todo = None, 0, []
     for i, row in enumerate(index.itertuples(index=False)):
-        if _is_done(out_dir, row.video, int(row.n_frames), dim):
+        if is_done(out_dir, row.video, int(row.n_frames), dim):
             skipped += 1
             if dim is None:
                 dim = int(np.load(feature_path(out_dir, row.video), mmap_mode="r").shape[1])
@@ -365,7 +267,8 @@ def _probe_dim(encoder: nn.Module, img_size: int, device: torch.device) -> int:
 def run(cfg) -> dict:
     """The `features` stage: the fine-tuned encoder over every frame of the index."""
     from mambava.features.frames import load_index
-    from mambava.features.mae import EncoderSpec, load_encoder, resolve_device
+    from mambava.features.mae import EncoderSpec, load_encoder
+    from mambava.runtime import resolve_device
 
     enc_cfg = cfg.mae_pretrain.encoder
     spec = EncoderSpec.from_config(enc_cfg)

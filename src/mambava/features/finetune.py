@@ -26,10 +26,12 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from mambava.features.frames import FrameDataset, load_index, split_frames
-from mambava.features.mae import EncoderSpec, load_encoder, resolve_device, save_checkpoint
+from mambava.features.mae import EncoderSpec, load_encoder, save_checkpoint
 from mambava.features.pretrain import checkpoint_file as pretrain_checkpoint
-from mambava.features.pretrain import lr_at, param_groups
+from mambava.features.pretrain import param_groups
+from mambava.schedules import warmup_cosine
 from mambava.io import write_json, write_timing
+from mambava.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +89,19 @@ def train_steps(model: FrameVA, loader, steps: int, lr: float, weight_decay: flo
     from tqdm.auto import tqdm
 
     opt = torch.optim.AdamW(param_groups(model.named_parameters(), weight_decay), lr=lr)
+    sched = warmup_cosine(opt, warmup, steps - warmup, restarts=False)
     model.train()
     losses = []
     bar = tqdm(total=steps, desc="mae finetune", unit="step", disable=not progress)
     it = iter(loader)
     for step in range(steps):
         x, y = next(it)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, warmup, lr)
         loss = va_loss(loss_kind, model(x.to(device, non_blocking=True)), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
+        sched.step()
         losses.append(float(loss.detach()))
         bar.update(1)
         if step % 10 == 0:

@@ -352,20 +352,7 @@ def load_encoder(spec: EncoderSpec, path: str | Path | None = None) -> nn.Module
 
 
 def save_checkpoint(state: Mapping[str, torch.Tensor], path: str | Path, **extra) -> None:
-    """Write ``{"model": state, **extra}`` atomically (temporary file, then rename)."""
-    import os
+    """Write ``{"model": state, **extra}`` atomically (:func:`mambava.io.write_torch`)."""
+    from mambava.io import write_torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": dict(state), **extra}, tmp)
-    os.replace(tmp, path)
-
-
-def resolve_device(setting: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is an error."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for but torch sees no CUDA device")
-    return torch.device(setting)
+    write_torch({"model": dict(state), **extra}, path)

@@ -26,13 +26,14 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from mambava.features.frames import FrameDataset, load_index, split_frames
-from mambava.io import write_json, write_timing
+from mambava.io import atomic_path, write_json, write_timing
+from mambava.runtime import resolve_device
+from mambava.schedules import warmup_cosine
 from mambava.features.mae import (
     EncoderSpec,
     MaskedAutoencoder,
     load_encoder_weights,
     read_state_dict,
-    resolve_device,
     save_checkpoint,
 )
 
@@ -41,14 +42,6 @@ log = logging.getLogger(__name__)
 
 def checkpoint_file(cfg) -> Path:
     return Path(cfg.mae_pretrain.out) / "checkpoint.pt"
-
-
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then half-cosine decay to zero at ``total``."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def param_groups(params, weight_decay: float):
@@ -81,10 +74,8 @@ def save_reconstructions(mae: MaskedAutoencoder, imgs: torch.Tensor, mask_ratio:
 
     rows = [np.concatenate(list(to_uint8(x)), axis=1) for x in (imgs, masked, recon)]
     grid = np.concatenate(rows, axis=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(grid).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, ".tmp.png") as tmp:
+        Image.fromarray(grid).save(tmp)
     return float(loss)
 
 
@@ -94,19 +85,19 @@ def pretrain(mae: MaskedAutoencoder, loader, steps: int, lr: float, weight_decay
     from tqdm.auto import tqdm
 
     opt = torch.optim.AdamW(param_groups(mae.named_parameters(), weight_decay), lr=lr, betas=(0.9, 0.95))
+    sched = warmup_cosine(opt, warmup, steps - warmup, restarts=False)
     mae.train()
     losses = []
     bar = tqdm(total=steps, desc="mae pretrain", unit="step", disable=not progress)
     it = iter(loader)
     for step in range(steps):
         imgs, _ = next(it)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, warmup, lr)
         loss, _, _ = mae(imgs.to(device, non_blocking=True), mask_ratio)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(mae.parameters(), 1.0)
         opt.step()
+        sched.step()
         losses.append(float(loss.detach()))
         bar.update(1)
         if step % 10 == 0:

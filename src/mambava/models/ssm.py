@@ -29,7 +29,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Literal
 
 import numba
@@ -677,6 +680,7 @@ def _in_threads(items: int, fn, *args) -> None:
     global _pool, _pool_workers
     threads = max(1, min(numba.get_num_threads(), items))
     counter = np.zeros(1, np.int64)
+    _load_cached(fn, (counter, *args))
     if threads == 1:
         fn(counter, *args)
         return
@@ -755,6 +759,56 @@ def _tiles(batch: int, dim: int) -> tuple[int, int]:
         width = min(width, -(-dim // blocks_needed))
     return max(8, -(-width // 8) * 8), _CHUNK
 
+
+
+# The same machine code in every run. numba compiles the kernels on first use and caches the
+# machine code on disk (cache=True), but under fastmath the code of a function compiled in this
+# process and the code loaded from that cache are not optimised identically (numba issue #10617;
+# the callees inlined into a cached kernel differ from their standalone compilation, and a
+# process that compiled them runs those). Measured here: the first run after an install (fresh
+# compile) and every later run (cached code) gave scan outputs and gradients that differ in the
+# last bits, hence trained weights and CCCs that differ at 1e-8, and other hashes everywhere
+# downstream in DVC. So a process never runs freshly compiled kernels: when the cache lacks them,
+# a child process compiles them (writing the cache), and this process loads them from there. Where
+# the cache cannot be written (a read-only install without NUMBA_CACHE_DIR), the kernels compile
+# here, as before, with a warning.
+_WARMING = "MAMBAVA_SCAN_WARMING"
+_checked: set[tuple[str, str]] = set()
+
+
+def _load_cached(fn, args: tuple) -> None:
+    """Before the first call of ``fn`` with arrays of this dtype: make sure numba's cache holds it."""
+    key = (fn.py_func.__name__, str(args[4].dtype))
+    if key in _checked or os.environ.get(_WARMING) or numba.config.DISABLE_JIT:
+        return
+    _checked.add(key)
+    sig = tuple(numba.typeof(a) for a in args)
+    try:
+        if fn._cache.load_overload(sig, fn.targetctx) is not None:  # numba's own first step
+            return
+    except AttributeError:  # pragma: no cover - a numba without these internals (it is pinned)
+        pass
+    dtype = "float64" if args[4].dtype == np.float64 else "float32"
+    root = str(Path(__file__).resolve().parents[2])
+    code = f"import sys; sys.path.insert(0, {root!r}); from mambava.models import ssm; ssm._warm({dtype!r})"
+    log.info("compiling the CPU scan kernels (%s) once, in a child process", dtype)
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, _WARMING: "1"},
+                          capture_output=True, text=True)
+    if done.returncode != 0 or fn._cache.load_overload(sig, fn.targetctx) is None:
+        log.warning("numba's cache could not provide the CPU scan kernels (%s); they compile in this "
+                    "process, and its results can differ in the last bits from a run that loads them. %s",
+                    numba.config.CACHE_DIR or "__pycache__ beside ssm.py", done.stderr[-500:])
+
+
+def _warm(dtype: str) -> None:
+    """Run the numba scan forward and backward once on a tiny input (compiles and caches them)."""
+    g = torch.Generator().manual_seed(0)
+    dt = getattr(torch, dtype)
+    u, delta, z = (torch.randn(1, 8, 4, generator=g, dtype=dt, requires_grad=True) for _ in range(3))
+    B, C = (torch.randn(1, 2, 4, generator=g, dtype=dt, requires_grad=True) for _ in range(2))
+    A = (-torch.rand(8, 2, generator=g, dtype=dt)).requires_grad_()
+    D, bias = torch.ones(8, dtype=dt, requires_grad=True), torch.zeros(8, dtype=dt, requires_grad=True)
+    selective_scan_numba(u, delta, A, B, C, D, z, bias, True).sum().backward()
 
 
 class _NumbaScan(torch.autograd.Function):

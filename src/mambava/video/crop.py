@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from mambava.data.affwild2 import CROPS
-from mambava.io import write_json, write_text
+from mambava.io import replace_dir, write_json, write_text
 from mambava.video.decode import Frame, VideoError, frames, is_camera, list_videos, probe
 from mambava.video.faces import FaceTracker, HaarFaces, Observation, crop_face
 
@@ -146,10 +146,7 @@ def crop_video(path: str | Path, root: str | Path, cfg, n_faces: int = 1, progre
         if counts[k]["none"] == n:  # this person was never seen: no folder
             shutil.rmtree(staging[k], ignore_errors=True)
         else:
-            if final.exists():
-                shutil.rmtree(final)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging[k], final)
+            replace_dir(staging[k], final)
         csv = ",".join(LOG_COLUMNS) + "\n" + "".join(",".join(str(v) for v in r) + "\n" for r in rows[k])
         write_text(root / LOG_DIR / f"{name}.csv", csv)
         summary = {

@@ -1,0 +1,89 @@
+"""Where the ``evaluate`` stage's results live and how they are read back (report, plots, book).
+
+Run layout (:func:`mambava.runtime.eval_dir` writes it; one level's folder is ``runs`` here)::
+
+    <runs>/<variant>/fold<k>/metrics.json       validation metrics, flat JSON (ccc_valence, ...)
+    <runs>/<variant>/fold<k>/predictions.csv    video, frame, valence, arousal, valence_true, arousal_true
+    <runs>/<variant>/fold<k>/test/...           the same for the test split (+ the ABAW submission)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from mambava.io import read_timing
+from mambava.models import VARIANTS
+
+METRICS = ("ccc_valence", "ccc_arousal", "p_va")
+
+
+
+METRIC_LABELS = {"ccc_valence": "Valence", "ccc_arousal": "Arousal", "p_va": "Average"}
+
+
+
+PRED_COLUMNS = ["video", "frame", "valence", "arousal", "valence_true", "arousal_true"]
+
+
+
+def run_dir(runs: str | Path, variant: str, fold: int, split: str = "validation") -> Path:
+    d = Path(runs) / variant / f"fold{fold}"
+    return d / "test" if split == "test" else d
+
+
+
+def discover_runs(runs: str | Path) -> pd.DataFrame:
+    """Every <variant>/fold<k> under ``runs`` that has a metrics.json (the primary seed's run),
+    variants in study order: columns variant, fold, path. The one run discovery (report, plots)."""
+    rows = []
+    for m in sorted(Path(runs).glob("*/fold*/metrics.json")):
+        fold = m.parent.name.removeprefix("fold")
+        if fold.isdigit():
+            rows.append({"variant": m.parent.parent.name, "fold": int(fold), "path": str(m.parent)})
+    if not rows:
+        raise FileNotFoundError(f"{runs}: no <variant>/fold<k>/metrics.json (has `dvc repro evaluate` run?)")
+    df = pd.DataFrame(rows)
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    return df.sort_values(["variant", "fold"], key=lambda s: s.map(order).fillna(99) if s.name == "variant" else s,
+                          ignore_index=True)
+
+
+
+def load_metrics(runs: str | Path, split: str = "validation") -> pd.DataFrame:
+    """All metrics.json files of one split as a table: one row per (variant, fold), flat keys as columns."""
+    rows = []
+    for r in discover_runs(runs).itertuples():
+        path = run_dir(runs, r.variant, r.fold, split) / "metrics.json"
+        if split != "test" or path.exists():
+            timing = read_timing(path.parent, "train") if split != "test" else {}  # measured costs
+            rows.append({"variant": r.variant, "fold": r.fold, **timing, **_flat(json.loads(path.read_text()))})
+    return pd.DataFrame(rows)
+
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+
+def load_predictions(path: str | Path) -> pd.DataFrame:
+    """predictions.csv with the columns PRED_COLUMNS; ``path`` may be its run folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "predictions.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: predictions not found (run `dvc repro evaluate`)")
+    df = pd.read_csv(path, dtype={"video": str})
+    missing = [c for c in PRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: predictions lack columns {missing}")
+    return df

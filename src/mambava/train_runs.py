@@ -1,0 +1,205 @@
+"""The ``train`` stage: every fold and seed of one (level, variant), each run trained by
+:func:`mambava.train.fit` in its folder :func:`mambava.runtime.train_dir`.
+
+A run's fingerprint covers its settings, its videos, the content of their features, labels and
+the folds file, and the code its numbers depend on (:func:`code_digest`); a folder whose
+``train_metrics.json`` carries the same fingerprint is finished and kept. ``run_all`` writes the
+stage's summary ``<train.out>/<level>/<variant>.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from mambava import distributed
+from mambava.data.windows import Windows
+from mambava.io import write_json, write_timing
+from mambava.resume import content_digest
+from mambava.runtime import (
+    environment,
+    level_features,
+    level_skipped,
+    parallel_map,
+    peak_memory,
+    resolve_device,
+    seeds_of,
+    set_threads,
+    train_dir,
+)
+from mambava.train import fit
+
+log = logging.getLogger("mambava.train")
+
+
+def fingerprint_of(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def code_digest() -> dict[str, str]:
+    """SHA-256 of the code a run's numbers depend on (training loop and stage, run-time layer, schedules,
+    DVCLive logging, models, windows, metrics, inference): a finished run is kept only if this code is unchanged too."""
+    import mambava.data.windows
+    import mambava.inference
+    import mambava.metrics
+    import mambava.models
+    import mambava.runlog
+    import mambava.runtime
+    import mambava.schedules
+    import mambava.train
+
+    files = [Path(mambava.train.__file__), Path(__file__), Path(mambava.runtime.__file__),
+             Path(mambava.data.windows.__file__), Path(mambava.inference.__file__),
+             Path(mambava.metrics.__file__), Path(mambava.schedules.__file__), Path(mambava.runlog.__file__),
+             *sorted(Path(mambava.models.__file__).parent.glob("*.py"))]
+    return content_digest(files)
+
+
+def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = None, progress: bool = True,
+        interrupt_at: int | None = None, cache: dict | None = None) -> dict:
+    """Train one (level, variant, fold, seed) (``seed`` None: the primary seed) and write its folder.
+
+    A folder whose ``train_metrics.json`` carries the same fingerprint (settings, videos and the
+    content of their features and labels) is finished: it is not trained again. ``cache`` lets a
+    caller that trains several runs share the loaded videos and their hashes.
+    """
+    from mambava.data.affwild2 import load_index
+    from mambava.data.windows import fold_videos, read_folds
+    from mambava.features.store import feature_path
+    from mambava.inference import load_videos, scan_backend
+    from mambava.models import build_model, variant_config
+
+    tc = cfg.train
+    seed = tc.seed if seed is None else seed
+    tc = tc.model_copy(update={"seed": seed})
+    set_threads(tc.threads)
+    ddp, device = distributed.setup(resolve_device(cfg.device))  # torchrun: this rank's place and device
+    feats_dir = level_features(cfg, level)
+    cache = {} if cache is None else cache
+    key = ("fold", fold)
+    if key not in cache:
+        index = load_index(cfg.data.index)
+        train_names, val_names = fold_videos(read_folds(cfg.folds.file), fold)
+        if not train_names or not val_names:
+            raise ValueError(f"{cfg.folds.file}: fold {fold} has {len(train_names)} train and {len(val_names)} validation videos")
+        rows = index.set_index("video")
+        # the content of every input file (re-extracted features of the same shape are other data)
+        data_hash = {
+            "features": content_digest(feature_path(feats_dir, v) for v in train_names + val_names),
+            "annotations": content_digest(a for a in rows.loc[train_names + val_names, "annotation"]
+                                          if isinstance(a, str) and a),
+            "folds": content_digest([cfg.folds.file]),
+            "code": code_digest(),
+        }
+        cache[key] = (train_names, val_names, load_videos(index, train_names, feats_dir),
+                      load_videos(index, val_names, feats_dir), data_hash)
+    train_names, val_names, train_videos, val_videos, data_hash = cache[key]
+    dim = train_videos[0].features.shape[1]
+    mcfg = variant_config(cfg.model, variant)
+    if level != "mae":  # the oracle store has its own width
+        mcfg = mcfg.model_copy(update={"input_dim": dim})
+    if dim != mcfg.input_dim:
+        raise ValueError(
+            f"{feature_path(feats_dir, train_names[0])}: features are {dim}-d but model.input_dim is "
+            f"{mcfg.input_dim} (set model.input_dim to the encoder's embed_dim)"
+        )
+    w, s = (tc.window_fold0, tc.stride_fold0) if fold == 0 else (tc.window, tc.stride)
+    out = train_dir(cfg, level, variant, fold, seed)
+    parts = {
+        "train": tc.model_dump(exclude={"threads", "out", "seeds", "workers"}), "model": mcfg.model_dump(),
+        "evaluate": cfg.evaluate.model_dump(include={"inference", "window", "stride"}),
+        "level": level, "variant": variant, "fold": fold, "train_videos": train_names, "val_videos": val_names,
+        "data": data_hash,
+    }
+    fingerprint = fingerprint_of(parts)
+    done = out / "train_metrics.json"
+    if done.exists() and (out / "best.pt").exists():
+        prev = json.loads(done.read_text())
+        if prev.get("fingerprint") == fingerprint:
+            log.info("%s: finished earlier with the same settings and data; kept", out)
+            return prev
+    train_set = Windows(train_videos, w, s, tc.last_window)
+    torch.manual_seed(seed)
+    model = build_model(mcfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    backend = scan_backend(mcfg, device)
+    log.info(
+        "train %s/%s fold %d seed %d on %s (scan %s): %d videos, %d windows of %d/%d, %d validation videos, %.3fM parameters%s",
+        level, variant, fold, seed, device, backend, len(train_names), len(train_set), w, s, len(val_names), n_params / 1e6,
+        f"; rank {ddp.rank} of {ddp.world_size} ({ddp.backend})" if ddp.enabled else "",
+    )
+    done.unlink(missing_ok=True)
+    summary = fit(
+        model, train_set, val_videos, tc, cfg.evaluate, device, out,
+        fingerprint=fingerprint,
+        extra_best={"model_cfg": mcfg.model_dump(), "variant": variant, "fold": fold, "level": level, "seed": seed},
+        progress=progress, interrupt_at=interrupt_at, ddp=ddp,
+    )
+    metrics = {
+        **summary,
+        "level": level,
+        "variant": variant,
+        "fold": fold,
+        "n_params": n_params,
+        "n_train_videos": len(train_names),
+        "n_val_videos": len(val_names),
+        "n_train_windows": len(train_set),
+        "window": w,
+        "stride": s,
+        "fingerprint": fingerprint,
+        **environment(device, backend, seed),
+        **({"world_size": ddp.world_size, "dist_backend": ddp.backend} if ddp.enabled else {}),
+    }
+    # measured, not computed: beside the metrics in a file DVC does not hash (mambava.io)
+    timing = {**{k: metrics.pop(k) for k in ("seconds", "seconds_per_epoch")}, **peak_memory()}
+    if ddp.is_main:
+        write_json(done, metrics)
+        write_timing(out, "train", timing)
+        log.info(
+            "%s: best CCC_v %.4f CCC_a %.4f at step %d; %.1f s", out, metrics["ccc_valence"],
+            metrics["ccc_arousal"], metrics["best_step"], timing["seconds"],
+        )
+    return {**metrics, **timing}
+
+
+_JOB_CACHE: dict = {}  # per worker process: the loaded videos of the folds it has trained
+
+
+def _train_job(args) -> dict:
+    cfg, variant, level, fold, seed, progress = args
+    cache = _JOB_CACHE.setdefault((level, fold), {})
+    return run(cfg, variant, fold, level, seed, progress=progress, cache=cache)
+
+
+def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None = None, progress: bool = True) -> dict:
+    """The ``train`` stage of one (level, variant): every fold and seed in this process (one start-up
+    instead of one per run; finished runs are kept, see :func:`run`). Writes the summary
+    ``<train.out>/<level>/<variant>.json`` (best validation CCCs per fold and seed) and returns it."""
+    from mambava.data.windows import read_folds
+
+    root = Path(cfg.train.out) / level
+    summary_path = root / f"{variant}.json"
+    why = level_skipped(cfg, level)
+    if why:
+        log.warning("train %s/%s skipped: %s", level, variant, why)
+        (root / variant).mkdir(parents=True, exist_ok=True)
+        write_json(summary_path, {"skipped": why})
+        return {"skipped": why}
+    if folds is None:
+        k = int(read_folds(cfg.folds.file)["cv_fold"].max())
+        folds = range(0, k + 1)
+    jobs = [(fold, seed) for fold in folds for seed in seeds_of(cfg.train)]
+    # under torchrun the ranks share each run (DDP); forked workers would split them again
+    workers = 1 if distributed.from_env()[1] > 1 else cfg.train.workers
+    results = parallel_map(_train_job, [(cfg, variant, level, f, s, progress) for f, s in jobs], workers)
+    runs = {f"fold{f}/seed{s}": {k: m[k] for k in ("ccc_valence", "ccc_arousal", "p_va", "best_step")}
+            for (f, s), m in zip(jobs, results)}
+    results = {"level": level, "variant": variant, "runs": runs}
+    if distributed.from_env()[0] == 0:
+        write_json(summary_path, results)
+    return results
