@@ -132,9 +132,8 @@ def test_shared_constants_have_one_definition():
 
 # --------------------------------------------------------------------------- one atomic writer
 # Streaming writers (rows and frames written as they come, renamed when the stream ends) keep
-# their own rename; every other file is written through mambava.io. book.strip_notebook's own
-# rename is left to the change that rewrites that function with nbformat (issue 14, part B).
-STREAMING = {"predict.py": 2, "book.py": 1}
+# their own rename; every other file is written through mambava.io.
+STREAMING = {"predict.py": 2}
 
 
 def test_files_are_renamed_into_place_only_by_mambava_io():
