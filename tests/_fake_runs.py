@@ -3,7 +3,8 @@ for developing the notebooks without running the pipeline. Nothing here is shown
 
     python tests/_fake_runs.py OUT_DIR [--index data/index.csv]
 
-writes OUT_DIR/runs/<variant>/fold<k>/..., OUT_DIR/bench/*.json, OUT_DIR/mae_pretrain/...,
+writes OUT_DIR/runs/<variant>/fold<k>/..., OUT_DIR/models/<level>/<variant>/fold0/seed<s>/dvclive/
+(training logs, written with DVCLive), OUT_DIR/bench/*.json, OUT_DIR/mae_pretrain/...,
 OUT_DIR/mae_finetune/..., and (with --index) OUT_DIR/features/<video>.npy for the index's
 validation videos.
 """
@@ -103,6 +104,32 @@ def make_runs(out: Path, seed: int = 0, folds=range(6), videos_per_fold: int = 4
     return runs
 
 
+def make_models(out: Path, seed: int = 0, variants=tuple(QUALITY), levels=("mae", "oracle"), folds=(0,),
+                seeds=(42, 43, 44), epochs: int = 6, steps_per_epoch: int = 5) -> Path:
+    """Fake training logs, written by real DVCLive (mambava.runlog.RunLog):
+    <out>/models/<level>/<variant>/fold<k>/seed<s>/dvclive/. Validation CCCs rise towards the
+    variant's QUALITY (higher with the oracle), the CCC loss falls. Returns the models folder."""
+    from mambava.runlog import RunLog
+
+    rng = np.random.default_rng(seed)
+    models = out / "models"
+    for level in levels:
+        for v in variants:
+            top = 0.45 * QUALITY[v][0] / 0.8 + (0.3 if level == "oracle" else 0.0)
+            for k in folds:
+                for s in seeds:
+                    log = RunLog(models / level / v / f"fold{k}" / f"seed{s}", steps_per_epoch=steps_per_epoch)
+                    for step in range(1, epochs * steps_per_epoch + 1):
+                        t = step / steps_per_epoch
+                        p = top * (1 - np.exp(-t / 1.5)) + rng.normal(0, 0.02)
+                        log.log_step(step, 1e-3, 2 - 2 * p + abs(rng.normal(0, 0.08)), rng.uniform(0.2, 1.0))
+                        if step % steps_per_epoch == 0:
+                            cv, ca = p + 0.05 + rng.normal(0, 0.02), p - 0.05 + rng.normal(0, 0.02)
+                            log.log_validation((step, t, cv, ca, (cv + ca) / 2))
+                    log.end()
+    return models
+
+
 def make_ladder(out: Path, runs: Path, n_boot: int = 50) -> Path:
     """<out>/ladder: the ladder of the fake runs (MAE rung only: fakes have no twin truth), made by
     the library's own code, and a leakage.json as the leakage stage writes it."""
@@ -189,6 +216,7 @@ if __name__ == "__main__":
     ap.add_argument("--index", type=Path, default=None)
     a = ap.parse_args()
     make_runs(a.out)
+    make_models(a.out)
     make_bench(a.out)
     if a.index:
         make_features(a.out, a.index)

@@ -36,11 +36,12 @@ def papermill(src: Path, dst: Path, **params) -> Path:
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-    from _fake_runs import make_bench, make_ladder, make_params, make_runs
+    from _fake_runs import make_bench, make_ladder, make_models, make_params, make_runs
 
     out = tmp_path_factory.mktemp("fake")
     runs = make_runs(out, folds=range(2), videos_per_fold=3, frames=(120, 250))
     make_ladder(out, runs)
+    make_models(out, epochs=4, steps_per_epoch=3)
     make_bench(out)
     make_params(out, REPO / "params.yaml")
     return out
@@ -150,8 +151,10 @@ def test_check_page_finds_problems(tmp_path):
 # --------------------------------------------------------------------------- papermill + build
 def test_papermill_parameter_changes_the_output(fake, tmp_path):
     src = REPO / "notebooks" / "ablations.ipynb"
-    a = papermill(src, tmp_path / "a.ipynb", runs=fake / "runs", reference="mamba_va", n_boot=20, ladder_dir=fake / "ladder")
-    b = papermill(src, tmp_path / "b.ipynb", runs=fake / "runs", reference="no_tcn", n_boot=20, ladder_dir=fake / "ladder")
+    a = papermill(src, tmp_path / "a.ipynb", runs=fake / "runs", reference="mamba_va", n_boot=20, ladder_dir=fake / "ladder",
+                  models=fake / "models")
+    b = papermill(src, tmp_path / "b.ipynb", runs=fake / "runs", reference="no_tcn", n_boot=20, ladder_dir=fake / "ladder",
+                  models=fake / "models")
 
     def html_outputs(path):
         nb = json.loads(path.read_text())
@@ -167,7 +170,8 @@ def test_papermill_parameter_changes_the_output(fake, tmp_path):
     paired_b = next(h for h in hb if "P(better)" in h)
     assert "Mamba-VA (TCN + Mamba)" not in paired_a and "Mamba-VA (TCN + Mamba)" in paired_b
     # same inputs, same parameters: the same file (no timestamps, no execution counts)
-    a2 = papermill(src, tmp_path / "a2.ipynb", runs=fake / "runs", reference="mamba_va", n_boot=20, ladder_dir=fake / "ladder")
+    a2 = papermill(src, tmp_path / "a2.ipynb", runs=fake / "runs", reference="mamba_va", n_boot=20, ladder_dir=fake / "ladder",
+                  models=fake / "models")
     assert a2.read_text() == a.read_text()
 
 
@@ -213,7 +217,7 @@ def test_full_book_from_fake_outputs(fake, tmp_path):
     root = _mini_book(tmp_path / "book", pages)
     params = {"table2": {"params_file": fake / "params.yaml", "ladder_dir": fake / "ladder"},
               "table1": {"leakage": fake / "leakage.json"},
-              "ablations": {"ladder_dir": fake / "ladder"},
+              "ablations": {"ladder_dir": fake / "ladder", "models": fake / "models"},
               "ladder": {"ladder_dir": fake / "ladder"},
               "long_sequences": {"bench_file": fake / "bench" / "bench_temporal.json"},
               "reproducibility": {"params_file": REPO / "params.yaml", "dvc_yaml": REPO / "dvc.yaml"}}

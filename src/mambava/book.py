@@ -26,7 +26,7 @@ PAGES = {
     "features": {"tables": 1, "images": 2},
     "table1": {"tables": 1, "images": 1},
     "table2": {"tables": 1, "images": 0},
-    "ablations": {"tables": 2, "images": 1},
+    "ablations": {"tables": 2, "images": 2},
     "long_sequences": {"tables": 1, "images": 1},
     "predictions": {"tables": 1, "images": 1},
     "reproducibility": {"tables": 2, "images": 1},

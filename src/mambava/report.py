@@ -40,12 +40,15 @@ from mambava.book_data import (  # noqa: F401  (the notebooks' one import: `from
 from mambava.metrics import bootstrap, bootstrap_ccc, ccc, ccc_va, ccc_va_from_stats, label_mask, per_video_stats
 from mambava.models import VARIANT_LABELS, VARIANTS  # noqa: F401
 from mambava.results import (  # noqa: F401
+    CURVE_COLUMNS,
     METRIC_LABELS,
     METRICS,
     PRED_COLUMNS,
     discover_runs,
+    epoch_means,
     load_metrics,
     load_predictions,
+    load_training_curves,
     run_dir,
 )
 from mambava.tables import (  # noqa: F401

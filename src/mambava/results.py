@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mambava.io import read_timing
@@ -87,3 +88,39 @@ def load_predictions(path: str | Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: predictions lack columns {missing}")
     return df
+
+
+CURVE_COLUMNS = ["level", "variant", "fold", "seed", "step", "epoch", "metric", "value"]
+
+
+def load_training_curves(models: str | Path, level: str, fold: int = 0) -> pd.DataFrame:
+    """The DVCLive logs of every variant and seed of one level and fold, as a long table
+    (``CURVE_COLUMNS``): each validation's ``ccc_valence``, ``ccc_arousal`` and ``p_va`` and each
+    optimizer step's training ``loss``, read with :mod:`mambava.runlog` from
+    ``<models>/<level>/<variant>/fold<fold>/seed<s>/dvclive/`` (``models`` = ``train.out``);
+    variants in study order, then seeds."""
+    from mambava.runlog import EVAL_METRICS, LIVE_DIR, read_evals, read_steps
+
+    found = sorted(Path(models, level).glob(f"*/fold{fold}/seed*/{LIVE_DIR}/metrics.json"))
+    if not found:
+        raise FileNotFoundError(f"{Path(models, level)}: no <variant>/fold{fold}/seed<s>/{LIVE_DIR}/metrics.json "
+                                "(has `dvc repro train` run?)")
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    runs = sorted(((f.parents[3].name, int(f.parents[1].name.removeprefix("seed")), f.parents[1]) for f in found),
+                  key=lambda r: (order.get(r[0], len(order)), r[0], r[1]))
+    parts = []
+    for variant, seed, run in runs:
+        keys = {"level": level, "variant": variant, "fold": fold, "seed": seed}
+        evals = read_evals(run).melt(id_vars=["step", "epoch"], value_vars=list(EVAL_METRICS), var_name="metric")
+        steps = read_steps(run)[["step", "epoch", "loss"]].assign(metric="loss").rename(columns={"loss": "value"})
+        parts += [evals.assign(**keys), steps.assign(**keys)]
+    return pd.concat(parts, ignore_index=True)[CURVE_COLUMNS]
+
+
+def epoch_means(curves: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
+    """One ``metric``'s rows averaged over each epoch's steps (step s of epoch e: e - 1 < epoch <= e),
+    per level, variant, fold and seed; ``epoch`` is then the epoch's number (1, 2, ...)."""
+    keys = ["level", "variant", "fold", "seed", "metric"]
+    d = curves[curves.metric == metric]
+    d = d.assign(epoch=np.ceil(d.epoch.round(6)).astype(int))
+    return d.groupby([*keys, "epoch"], sort=False, as_index=False)["value"].mean()[[*keys, "epoch", "value"]]
