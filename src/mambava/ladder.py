@@ -305,14 +305,17 @@ def plot(table: pd.DataFrame, path: Path) -> None:
             p = part[part.level == level].set_index("variant").reindex(variants)
             if p.ccc.isna().all():
                 continue
-            err = np.vstack([p.ccc - p.lo, p.hi - p.ccc])
-            ax.bar(x + (i - 0.5) * 0.38, p.ccc, 0.36, yerr=err, capsize=3, color=colours[level],
+            xs = x + (i - 0.5) * 0.38
+            ax.bar(xs, p.ccc, 0.36, color=colours[level],
                    label={"oracle": "oracle features", "mae": "MAE features"}[level])
+            # the interval as a line with end marks (a percentile interval need not contain the mean)
+            ax.vlines(xs, p.lo, p.hi, color="k", lw=1.2)
+            ax.plot(np.r_[xs, xs], np.r_[p.lo, p.hi], "_", color="k", ms=7)
         if len(ceil):
             ax.axhline(ceil.ccc.item(), color="k", ls="--", lw=1, label="label ceiling")
         ax.set_xticks(x, variants, rotation=20)
         ax.set_title(f"{target}, test split")
-        ax.set_ylim(min(0, float(part.lo.min()) - 0.05), 1.0)
+        ax.set_ylim(min(0, float(t.lo.min()) - 0.05), 1.0)  # shared y: the lowest end of either panel
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("CCC (mean over folds and seeds, 95% CI)")
     axes[1].legend(loc="lower right", fontsize=8)
