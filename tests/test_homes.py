@@ -131,9 +131,8 @@ def test_shared_constants_have_one_definition():
 
 
 # --------------------------------------------------------------------------- one atomic writer
-# Streaming writers (rows and frames written as they come, renamed when the stream ends) keep
-# their own rename; every other file is written through mambava.io.
-STREAMING = {"predict.py": 2}
+# Every file is written through mambava.io, the streaming writers of predict (rows and frames
+# written as they come) through io.temporary / io.publish.
 
 
 def test_files_are_renamed_into_place_only_by_mambava_io():
@@ -145,7 +144,7 @@ def test_files_are_renamed_into_place_only_by_mambava_io():
                     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in ("replace", "rename") and isinstance(node.func.value, ast.Name)
                     and node.func.value.id == "os")
-        assert calls == STREAMING.get(rel, 0), f"{rel}: {calls} os.replace/os.rename"
+        assert calls == 0, f"{rel}: {calls} os.replace/os.rename"
 
 
 def test_atomic_writers_write_the_same_bytes(tmp_path):

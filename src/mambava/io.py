@@ -39,6 +39,18 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     os.replace(tmp, path)
 
 
+def temporary(path: str | Path, suffix: str = ".tmp") -> Path:
+    """The temporary file beside ``path`` for a writer that streams into it over a long time and
+    decides itself when it is complete (``predict``'s row-by-row CSV and its overlay video, which
+    keep what was done on Ctrl-C); it hands the file over with :func:`publish`."""
+    return _tmp(Path(path), suffix)
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Rename a finished :func:`temporary` file over ``path`` (atomic on one filesystem)."""
+    os.replace(tmp, path)
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -28,7 +28,6 @@ equal the whole-video pass (tests: max abs difference <= 1e-5 in float32).
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambava.errors import UserError
-from mambava.io import write_figure
+from mambava.io import publish, temporary, write_figure
 
 log = logging.getLogger("mambava.predict")
 
@@ -252,7 +251,7 @@ class VideoWriter:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(self.path.name + ".tmp.mp4")
+        self.tmp = temporary(self.path, ".tmp.mp4")
         self.c = av.open(str(self.tmp), "w")
         try:
             self.s = self.c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
@@ -277,7 +276,7 @@ class VideoWriter:
         for pkt in self.s.encode():
             self.c.mux(pkt)
         self.c.close()
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
 
     def abort(self) -> None:
         try:
@@ -487,7 +486,7 @@ def run_stream(pred: Predictor, source: str | Path, out: str | Path, n_faces: in
     name = f"camera{str(source).split('video')[-1].split(':')[-1]}" if is_camera(source) else Path(source).stem
     path = out / f"{name}.csv"
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary(path)
     writer = None
     if overlay:
         writer = VideoWriter(out / f"{name}.mp4", 30.0 if is_camera(source) else probe(source).fps)
@@ -526,7 +525,7 @@ def run_stream(pred: Predictor, source: str | Path, out: str | Path, n_faces: in
     if not rows:
         tmp.unlink(missing_ok=True)
         raise UserError(f"{source}: no frame was read")
-    os.replace(tmp, path)
+    publish(tmp, path)
     df = pd.DataFrame(rows, columns=COLUMNS)
     plot(df, out / f"{name}.png", title=f"{name}: valence and arousal, streamed ({pred.source})")
     secs = time.perf_counter() - t0
