@@ -43,7 +43,7 @@ def test_unknown_key_names_file_line_and_key(params):
 
 
 def test_wrong_type_names_file_line_and_value(params):
-    params.write_text(params.read_text().replace("  n_videos: 40", "  n_videos: many"))
+    params.write_text(params.read_text().replace("  n_videos: 100", "  n_videos: many"))
     with pytest.raises(ConfigError) as e:
         load_config(params)
     line = _line_of(params, "n_videos: many")
@@ -121,8 +121,8 @@ def test_input_dim_mismatch_inside_a_profile_points_at_the_overlay(params):
 
 
 @pytest.mark.parametrize("section,window,stride,bad", [
-    ("train", "window: 512", "stride: 512", "stride: 600"),
-    ("train", "window_fold0: 512", "stride_fold0: 512", "stride_fold0: 700"),
+    ("train", "window: 1024", "stride: 512", "stride: 1100"),
+    ("train", "window_fold0: 1024", "stride_fold0: 512", "stride_fold0: 1200"),
     ("evaluate", "window: 500", "stride: 500", "stride: 600"),
 ])
 def test_stride_longer_than_window(params, section, window, stride, bad):

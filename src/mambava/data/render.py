@@ -81,11 +81,11 @@ def expression_track(rng: np.random.Generator, latent: np.ndarray, fps: float) -
     # Static evidence, noisy frame by frame and with a slow nuisance drift.
     tr["mouth_curve"] = np.clip(0.85 * v + rng.normal(0, 0.25, n) + _smooth_noise(rng, n, 2 * sec, 0.2), -1.3, 1.3)
     tr["brow_tilt"] = np.clip(-0.7 * v + rng.normal(0, 0.35, n) + _smooth_noise(rng, n, 2 * sec, 0.2), -1.3, 1.3)
-    # Arousal's static cues are weak and carry a slow nuisance (tau 6 s): a few seconds of frames
-    # cannot tell a tired moment from a calm person; tens of seconds average the nuisance away.
-    eye = 0.62 + 0.12 * a + rng.normal(0, 0.15, n) + _smooth_noise(rng, n, 15 * sec, 0.12)
+    # Arousal's static cues are weak and carry a nuisance that wanders every few seconds (tau 2 s):
+    # a second of frames says little; tens of seconds average the nuisance away.
+    eye = 0.62 + 0.15 * a + rng.normal(0, 0.15, n) + _smooth_noise(rng, n, 2 * sec, 0.12)
     # Blinks: a Poisson process whose rate follows arousal (temporal evidence only).
-    rate = 0.15 + 0.85 * a01**1.5  # blinks per second
+    rate = 0.1 + 1.1 * a01**1.5  # blinks per second: 0.1 (calm) to 1.2 (aroused)
     onsets = rng.random(n) < rate / fps
     profile = np.array([0.55, 0.15, 0.0, 0.25, 0.65])
     blink = np.ones(n)
@@ -95,15 +95,15 @@ def expression_track(rng: np.random.Generator, latent: np.ndarray, fps: float) -
     tr["eye_open"] = np.clip(eye, 0.25, 1.1) * blink
     tr["blink_onset"] = onsets.astype(np.float32)
     # Talking bursts: mouth opening oscillates at ~4 Hz, more strongly with arousal.
-    talking = (_smooth_noise(rng, n, 1.5 * sec, 1.0) > 0.3).astype(float) * np.exp(_smooth_noise(rng, n, 15 * sec, 0.5))
+    talking = (_smooth_noise(rng, n, 1.5 * sec, 1.0) > 0.3).astype(float) * np.exp(_smooth_noise(rng, n, 2 * sec, 0.5))
     phase = np.cumsum(2 * np.pi * rng.uniform(3.0, 5.0) / fps * np.ones(n))
     osc = 0.5 * (1 + np.sin(phase))
-    rest = 0.05 + 0.04 * a + _smooth_noise(rng, n, 15 * sec, 0.035)  # the jaw at rest, slow nuisance
+    rest = 0.05 + 0.04 * a + _smooth_noise(rng, n, 2 * sec, 0.035)  # the jaw at rest, with a nuisance
     tr["mouth_open"] = np.clip(rest + talking * (0.15 + 0.35 * a01) * osc + rng.normal(0, 0.03, n), 0, 0.8)
     # Head motion: AR(1) jitter whose innovation grows with arousal (temporal evidence only),
-    # times a restlessness that wanders on its own (log-normal, tau 20 s): motion over a second or
-    # two says little; its level over tens of seconds follows arousal.
-    restless = np.exp(_smooth_noise(rng, n, 20 * sec, 0.6))
+    # times a restlessness that wanders on its own (log-normal, sd 0.6 in log, tau 2 s): motion over a
+    # second or two says little; its level over tens of seconds follows arousal.
+    restless = np.exp(_smooth_noise(rng, n, 2 * sec, 0.6))
     sd = (0.0015 + 0.012 * a01**2) * restless
     jit = np.zeros((n, 3))
     for t in range(1, n):

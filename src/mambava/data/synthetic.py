@@ -11,42 +11,47 @@ Generative process
 **Videos.** ``n_videos`` people; ``n_pairs`` of them are two-person videos stored as
 ``video<k>_left`` / ``video<k>_right`` (same length, scene and lighting; different people and
 emotions). Lengths are log-uniform in ``[min_frames, max_frames]`` at ``fps`` frames per second
-(default 300-8,000 frames, 10 s to 4.5 min, a factor of 27; Aff-Wild2 averages about 5,000 frames
-and reaches tens of thousands: ``max_frames`` sets how far the twin goes). Videos (pairs as one unit) are split into
-train / validation / test by ``split_fractions``; names imitate Aff-Wild2's (``123-30-1280x720``).
+(default 100 videos of 300-4,000 frames, 10 s to 2.2 min, a factor of 13; Aff-Wild2 averages about
+5,000 frames and reaches tens of thousands: ``max_frames`` sets how far the twin goes). The default
+trades length for people: arousal is mostly a person's level, and a model learns how the level shows
+only from many people (with 40 videos of up to 4.5 min, a fold trained on 13 of them and a linear
+reading of the arousal evidence scored 0.5 on the test split; with 100 videos, 0.7). Videos (pairs
+as one unit) are split into train / validation / test by ``split_fractions``; names imitate Aff-Wild2's (``123-30-1280x720``).
 
 **Identity** (fixed per person): face width and height, skin tone, hair colour and style (short,
 long, none), eye spacing and size, mouth width, background colours.
 
 **Latent emotion.** Valence v(t) and arousal a(t) in (-1, 1) are
-``tanh(offset + drift(t) + episodes(t))``: a per-video offset, a slow drift (three sinusoids with
-periods of 40-180 s) and emotional *episodes* (Gaussian bumps of 1-4 s width, about one per 12 s;
-valence of either sign, arousal mostly raised). This gives long-range structure that windows
-of a few seconds cannot see whole.
+``tanh(offset + drift(t) + episodes(t))``: a per-video offset, a slow drift (three sinusoids) and
+emotional *episodes* (Gaussian bumps of 1-4 s width, about one per 12 s; valence of either sign,
+arousal mostly raised). The two differ in time scale (``LATENT_SHAPE``): valence has an offset in
+[-0.5, 0.5], drift periods of 40-180 s and full episodes; arousal is mostly a person's level (offset
+in [-1, 1]) and a slower drift (periods of 2-9 min), with episodes at 0.3 of valence's size. This
+gives long-range structure that windows of a few seconds cannot see whole.
 
-**Expression** (what a single frame shows, each with frame-level noise and a slow nuisance
-drift, so one frame is an unreliable witness):
+**Expression** (what a single frame shows, each with frame-level noise and a nuisance, so one
+frame is an unreliable witness):
 
 - valence -> mouth curvature (smile / frown) and brow tilt (inner brows raised when negative),
   with a nuisance of time constant 2 s: valence is mostly visible in single frames;
-- arousal -> eye openness and the jaw at rest, both weakly (0.12 a and 0.04 a) and each with a
-  nuisance of time constant 15 s, so that a few seconds of frames cannot tell a calm moment of
-  an excitable person from a calm person; tens of seconds average the nuisance away.
+- arousal -> eye openness and the jaw at rest, both weakly (0.15 a and 0.04 a) and each with a
+  nuisance that wanders every few seconds (time constant 2 s), which tens of seconds average away.
 
 **Temporal-only evidence** of arousal (invisible in any single frame, and noisy over a few
 seconds, so that it pays to look back over tens of seconds to minutes):
 
-- blink *rate* rises with arousal (0.15 to 1 blink/s; a blink closes the eyes for ~5 frames):
-  a 2-second window holds 0-2 blinks, a minute holds 9-60;
+- blink *rate* rises with arousal (0.1 to 1.2 blinks/s; a blink closes the eyes for ~5 frames):
+  a 2-second window holds 0-3 blinks, a minute holds 6-70;
 - head *motion energy*: the head follows an AR(1) jitter whose innovation grows with arousal,
-  times a restlessness that wanders on its own (log-normal, sd 0.6 in log, time constant 20 s);
+  times a restlessness that wanders on its own (log-normal, sd 0.6 in log, time constant 2 s);
 - talking bursts: the mouth opens and closes at ~4 Hz, more strongly when aroused, with a
-  loudness that wanders on its own (time constant 15 s).
+  loudness that wanders on its own (time constant 2 s).
 
-How much of arousal each time scale recovers is measured, not assumed: the blink count over 2 s
-correlates with the mean arousal of those 2 s at about 0.34, over a minute at about 0.8
-(tests/test_synthetic.py); what the temporal models make of it is the ladder's oracle rung
-(mambava.ladder, the book's Ladder page).
+How much of arousal each time scale recovers is measured, not assumed (tests/test_synthetic.py,
+one 17-minute video): the blink count over 2 s correlates with the mean arousal of those 2 s at
+about 0.3, over a minute at about 0.8; the log motion energy at about 0.5 over 2 s and 0.8 over a
+minute. What the temporal models make of it is the ladder's oracle rung (mambava.ladder, the
+book's Ladder page).
 
 **Nuisance** varying across and within videos: head pose (yaw, pitch, roll as slow random
 walks), directional lighting (drifting angle and strength), blur episodes, occlusions (a hand or
@@ -131,8 +136,16 @@ def plan_videos(cfg) -> list[VideoPlan]:
 # --------------------------------------------------------------------------- latent and labels
 
 
+# How valence and arousal move (module doc). Valence changes quickly and shows in single frames;
+# arousal is mostly a person's level (a wide offset) and slow drift (periods of 2-9 min), with small
+# episodes, because its evidence (blink rate, head-motion energy) is itself only readable over
+# tens of seconds. Each entry: offset half-range, drift period range (s), episode amplitude scale.
+LATENT_SHAPE = {"valence": (0.5, (40.0, 180.0), 1.0), "arousal": (1.0, (120.0, 540.0), 0.3)}
+
+
 def latent_trajectories(rng: np.random.Generator, n: int, fps: float) -> np.ndarray:
-    """(n, 2) latent valence, arousal in (-1, 1): offset + slow drift + episodes, through tanh."""
+    """(n, 2) latent valence, arousal in (-1, 1): offset + slow drift + episodes, through tanh
+    (shapes in ``LATENT_SHAPE``)."""
     t = np.arange(n) / fps
     out = np.empty((n, 2))
     duration = n / fps
@@ -142,13 +155,14 @@ def latent_trajectories(rng: np.random.Generator, n: int, fps: float) -> np.ndar
     bumps = np.exp(-0.5 * ((t[:, None] - centres[None]) / widths[None]) ** 2) if n_ep else np.zeros((n, 0))
     amp_v = rng.normal(0, 0.6, n_ep)
     amp_a = np.abs(rng.normal(0.6, 0.35, n_ep)) * np.where(rng.random(n_ep) < 0.85, 1, -1)
-    for k, amp in enumerate((amp_v, amp_a)):
-        offset = rng.uniform(-0.5, 0.5)
+    for k, (amp, name) in enumerate(((amp_v, "valence"), (amp_a, "arousal"))):
+        half, (p_lo, p_hi), ep_scale = LATENT_SHAPE[name]
+        offset = half * rng.uniform(-1.0, 1.0)
         drift = np.zeros(n)
         for _ in range(3):
-            period = rng.uniform(40, 180)
+            period = p_lo + (p_hi - p_lo) * rng.uniform(0.0, 1.0)
             drift += rng.uniform(0.15, 0.45) * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
-        out[:, k] = np.tanh(offset + drift + bumps @ amp)
+        out[:, k] = np.tanh(offset + drift + bumps @ (ep_scale * amp))
     return np.clip(out, -0.98, 0.98)
 
 
