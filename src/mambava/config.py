@@ -101,7 +101,7 @@ class ModelConfig(Section):
     d_state: int = Field(8, ge=1)  # Mamba state size per channel; paper 8
     d_conv: int = Field(4, ge=1)  # Mamba's causal depthwise conv; paper 4
     expand: int = Field(1, ge=1)  # Mamba inner width = expand * d_model; paper 1
-    n_heads: int = Field(4, ge=1)  # transformer only; must divide d_model
+    n_heads: int = Field(2, ge=1)  # transformer only; must divide d_model
     causal: bool = True  # transformer only (Mamba is causal by construction)
     # transformer only: each frame attends to the last attention_window frames (0 = all of the past);
     # no position codes, so training windows and whole-video inference see the same context
