@@ -318,7 +318,8 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         ax.set_ylim(min(0, float(t.lo.min()) - 0.05), 1.0)  # shared y: the lowest end of either panel
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("CCC (mean over folds and seeds, 95% CI)")
-    axes[1].legend(loc="lower right", fontsize=8)
+    # beside the panels, where it cannot cover a bar or an interval
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     from mambava.io import write_figure
 
