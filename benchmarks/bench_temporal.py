@@ -35,7 +35,8 @@ def worker(variant: str, heads: int, repeats: int) -> dict:
 
     cfg = load_config(ROOT / "params.yaml")
     set_threads(1)
-    mcfg = variant_config(cfg.model.model_copy(update={"n_heads": heads}), variant)
+    # heads 0: as params.yaml says (the variants without attention ignore it)
+    mcfg = variant_config(cfg.model.model_copy(update={"n_heads": heads}) if heads else cfg.model, variant)
     torch.manual_seed(0)
     model = build_model(mcfg)
     b, w = cfg.train.batch_size, cfg.train.window
@@ -46,7 +47,7 @@ def worker(variant: str, heads: int, repeats: int) -> dict:
         model(inp).square().mean().backward()
 
     m = measure(step, repeats, warmup=lambda: step(torch.randn(1, 64, mcfg.input_dim)))
-    return {"variant": variant, "n_heads": heads if mcfg.temporal == "transformer" else None, "batch": b, "window": w,
+    return {"variant": variant, "n_heads": mcfg.n_heads if mcfg.temporal == "transformer" else None, "batch": b, "window": w,
             "n_params": sum(p.numel() for p in model.parameters()), **m}
 
 
@@ -67,7 +68,7 @@ def main() -> int:
     jobs = [(v, h) for v in VARIANTS for h in (args.heads if v == "transformer" else [0])]
     rows, results = [], []
     for v, h in jobs:
-        res = run_worker(__file__, [v, str(h or 2), str(args.repeats)], timeout=900)
+        res = run_worker(__file__, [v, str(h), str(args.repeats)], timeout=900)
         res.setdefault("variant", v)
         results.append(res)
         rows.append([v, str(res.get("n_heads") or "-"), fmt(res.get("median_s", None) and 1000 * res["median_s"], " ms"),
