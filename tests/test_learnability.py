@@ -1,0 +1,130 @@
+"""The encoder-learnability control (mambava.features.learnability): frames and their drawn
+parameters are paired right, and the training harness can tell a learnable target from noise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mambava.config import SyntheticConfig
+from mambava.data.affwild2 import build_index
+from mambava.data.synthetic import generate_twin
+from mambava.features import learnability as L
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("learnability")
+    cfg = SyntheticConfig(n_videos=8, n_pairs=1, min_frames=40, max_frames=90, workers=1, seed=5)
+    root, labels, truth = tmp / "twin" / "affwild2", tmp / "twin" / "test_labels", tmp / "twin" / "truth"
+    generate_twin(cfg, root, labels, truth, "test_list.txt")
+    return build_index(root, labels, "test_list.txt"), truth
+
+
+def test_frames_carry_the_drawn_parameters_of_their_own_frame(twin):
+    """An independent reading: frame numbers from the file names, parameters by name from the truth file."""
+    from PIL import Image
+
+    index, truth = twin
+    fs = L.load_frames(index, truth, "train", every=3, size=48)
+    assert len(fs) > 20 and fs.images.shape[1:] == (3, 48, 48)
+    rows = index[index["split"] == "train"]
+    expected, images, labels = [], [], []
+    for row in rows.itertuples():
+        z = np.load(truth / f"{row.video}.npz")
+        lab = np.loadtxt(row.annotation, delimiter=",", skiprows=1, ndmin=2)
+        for p in sorted(Path(row.path).glob("*.jpg")):
+            f = int(p.stem)
+            if f > row.n_frames or f > len(lab) or (lab[f - 1] == -5).any():
+                continue
+            expected.append([z["mouth_curve"][f - 1], z["eye_open"][f - 1]])
+            labels.append(lab[f - 1])
+            with Image.open(p) as im:
+                images.append(np.asarray(im.convert("RGB").resize((48, 48), Image.BICUBIC)))
+    expected, labels = np.asarray(expected)[::3], np.asarray(labels)[::3]
+    np.testing.assert_allclose(fs.drawn, expected, atol=1e-6)
+    np.testing.assert_allclose(fs.labels, labels, atol=1e-6)
+    np.testing.assert_array_equal(fs.images.permute(0, 2, 3, 1).numpy(), np.asarray(images)[::3])
+    assert L.DRAWN == ("mouth_curve", "eye_open")
+
+
+def test_max_frames_spreads_the_sample(twin):
+    index, truth = twin
+    full = L.load_frames(index, truth, "validation", size=32)
+    some = L.load_frames(index, truth, "validation", max_frames=10, size=32)
+    assert len(some) == 10
+    assert set(some.video_of) == set(full.video_of)  # spread over the videos, not the first ten frames
+
+
+def test_prepare_without_augmentation_is_plain_normalisation():
+    img = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    got = L.prepare(img, 16, MEAN, STD)
+    want = (img.float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(got, want)
+    assert L.prepare(img, 8, MEAN, STD).shape == (2, 3, 8, 8)
+
+
+def test_augmentation_keeps_shapes_and_only_permutes_scales_or_greys_colours():
+    g = torch.Generator().manual_seed(0)
+    img = torch.zeros(64, 3, 8, 8, dtype=torch.uint8)
+    img[:, 0, :, :4] = 200  # a red left half
+    x = L.prepare(img, 8, (0, 0, 0), (1, 1, 1), g)
+    lit = x.amax(1) > 0  # where any channel is lit
+    flipped = lit[:, :, 4:].all((1, 2))
+    assert (lit[:, :, :4].all((1, 2)) ^ flipped).all()  # the half stays whole, mirrored or not
+    assert 10 < int(flipped.sum()) < 54
+    assert (x.amin(1)[~lit] == 0).all()  # dark stays dark under any gain or channel order
+
+
+def test_pearson_matches_numpy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=200), rng.normal(size=200)
+    b += a
+    assert L.pearson(a, b) == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-12)
+    assert L.pearson(np.ones(5), np.arange(5)) == 0.0
+
+
+def _toy(n, rng):
+    """Uniform images whose brightness is the target: learnable by any working harness."""
+    y = rng.uniform(-1, 1, n).astype(np.float32)
+    img = np.broadcast_to((128 + 100 * y)[:, None, None, None], (n, 3, 16, 16)).astype(np.uint8)
+    return torch.from_numpy(img.copy()), y
+
+
+def test_the_harness_learns_a_learnable_target_and_not_a_shuffled_one():
+    """Fails if images and targets were paired wrongly (the shuffled control would then score the same)."""
+    rng = np.random.default_rng(0)
+    img, y = _toy(600, rng)
+    vimg, vy = _toy(200, rng)
+    target = np.stack([y, -y], 1)
+
+    def score(model):
+        p = L.predict(model, vimg, 16, MEAN, STD)
+        return L.pearson(p[:, 0], vy), L.pearson(p[:, 1], -vy)
+
+    torch.manual_seed(0)
+    model = L.Regressor(L.SmallCNN(16), 16)
+    curve = L.fit(model, target, img, steps=150, lr=3e-3, batch=32, size=16, mean=MEAN, std=STD, seed=0,
+                  on_eval=lambda s: dict(zip("ab", score(model))), n_evals=3, augment=False)
+    assert [c["step"] for c in curve] == [50, 100, 150]
+    assert curve[-1]["a"] > 0.9 and curve[-1]["b"] > 0.9
+
+    torch.manual_seed(0)
+    control = L.Regressor(L.SmallCNN(16), 16)
+    L.fit(control, target[rng.permutation(len(target))], img, steps=150, lr=3e-3, batch=32, size=16, mean=MEAN,
+          std=STD, seed=0, augment=False)
+    assert max(abs(r) for r in score(control)) < 0.3
+
+
+def test_run_one_rejects_unknown_kinds(twin):
+    index, truth = twin
+    fs = L.load_frames(index, truth, "validation", max_frames=8, size=32)
+    with pytest.raises(ValueError, match="encoder"):
+        L.run_one("x", "resnet", "drawn", fs, fs, size=32, steps=1, lr=1e-3, batch=4, mean=MEAN, std=STD)
+    with pytest.raises(ValueError, match="target"):
+        L.run_one("x", "cnn", "latent", fs, fs, size=32, steps=1, lr=1e-3, batch=4, mean=MEAN, std=STD)
