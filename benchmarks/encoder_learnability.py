@@ -1,6 +1,6 @@
 """Why the MAE rung is empty: can a frame encoder learn to read the twin's faces in the CPU budget?
 
-    python benchmarks/encoder_learnability.py            # about 10 minutes on 2 cores
+    python benchmarks/encoder_learnability.py            # 23 minutes on 2 cores shared with a dvc repro
     python benchmarks/encoder_learnability.py --quick    # a fifth of the steps
 
 Needs the twin and the `mae_pretrain` output of the pipeline (`dvc repro mae_pretrain`). Trains
