@@ -80,8 +80,6 @@ def main(argv=None) -> int:
     runs = []
     for name, encoder, target, kw in plan:
         r = L.run_one(name, encoder, target, train, val, **common, **kw)
-        if r.get("checkpoint"):
-            r["checkpoint"] = str(Path(r["checkpoint"]).relative_to(ROOT)) if Path(r["checkpoint"]).is_absolute() else r["checkpoint"]
         if encoder == "vit":
             r["spec"] = asdict(kw["spec"])
         runs.append(r)
