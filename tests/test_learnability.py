@@ -128,3 +128,62 @@ def test_run_one_rejects_unknown_kinds(twin):
         L.run_one("x", "resnet", "drawn", fs, fs, size=32, steps=1, lr=1e-3, batch=4, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="target"):
         L.run_one("x", "cnn", "latent", fs, fs, size=32, steps=1, lr=1e-3, batch=4, mean=MEAN, std=STD)
+
+
+# --------------------------------------------------------------------------- linear probe of frozen features
+def _ridge_reference(X, y, X_new, alpha):
+    """Ridge by its normal equations on features standardised with the training rows' mean and
+    population s.d., intercept = the training mean of y (what StandardScaler + Ridge should give)."""
+    mu, sd = X.mean(0), X.std(0)
+    Z, Z_new = (X - mu) / sd, (X_new - mu) / sd
+    w = np.linalg.solve(Z.T @ Z + alpha * np.eye(Z.shape[1]), Z.T @ (y - y.mean(0)))
+    return Z_new @ w + y.mean(0)
+
+
+def test_linear_probe_is_ridge_with_a_penalty_chosen_on_training_videos_only():
+    rng = np.random.default_rng(0)
+    n, d = 600, 12
+    groups = np.repeat(np.arange(12), n // 12)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.5, 3, d)
+    w = rng.normal(size=(d, 2))
+    y = X @ w + 0.1 * rng.normal(size=(n, 2))
+    X_new = rng.normal(size=(200, d)) * rng.uniform(0.5, 3, d)
+    pred, alpha = L.linear_probe(X, y, groups, X_new)
+    np.testing.assert_allclose(pred, _ridge_reference(X, y, X_new, alpha), rtol=1e-6, atol=1e-6)
+    assert alpha <= 1.0  # a clean linear target wants little penalty
+    truth = X_new @ w
+    assert min(L.pearson(pred[:, j], truth[:, j]) for j in range(2)) > 0.99
+    # the scored rows take no part in the choice: other new rows, same penalty
+    assert L.linear_probe(X, y, groups, X_new[::-1] * 5)[1] == alpha
+    # a target that no straight line reads across videos: the strongest penalty of the grid
+    noise = rng.normal(size=(n, 2))
+    assert L.linear_probe(X, noise, groups, X_new)[1] == 1e6
+
+
+def test_pixel_features_are_grey_levels_at_the_asked_size():
+    img = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    img[0] = 51  # uniform grey 0.2
+    img[1, :, :, :32] = 255  # left half white
+    f = L.pixel_features(img, size=16)
+    assert f.shape == (2, 256)
+    np.testing.assert_allclose(f[0], 0.2, atol=1e-6)
+    half = f[1].reshape(16, 16)
+    np.testing.assert_allclose(half[:, :7], 1.0, atol=1e-6)
+    np.testing.assert_allclose(half[:, 9:], 0.0, atol=1e-6)
+
+
+def test_encoder_features_are_the_cls_token_and_the_mean_patch_token():
+    from mambava.features.mae import EncoderSpec, build_encoder
+
+    spec = EncoderSpec(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0)
+    torch.manual_seed(0)
+    enc = build_encoder(spec)
+    images = torch.randint(0, 256, (5, 3, 40, 40), dtype=torch.uint8)
+    f = L.encoder_features(enc, images, 32, MEAN, STD, batch=2)
+    assert f.shape == (5, 32)
+    x = L.prepare(images, 32, MEAN, STD)
+    with torch.no_grad():
+        cls = enc(x).numpy()  # timm's forward: the CLS token after the final norm (num_classes=0)
+        tokens = enc.norm(enc.blocks(enc._pos_embed(enc.patch_embed(x))))  # the same path by hand
+    np.testing.assert_allclose(f[:, :16], cls, atol=1e-5)
+    np.testing.assert_allclose(f[:, 16:], tokens[:, 1:].mean(1).numpy(), atol=1e-5)

@@ -13,9 +13,13 @@ number of steps on the frames of the encoder videos and scoring them on the vali
   targets): label noise and the temporal smoothness of both labels and nuisances let a
   regressor memorise frames instead of reading expressions.
 
-Twin only (the drawn parameters are its ground truth). ``benchmarks/encoder_learnability.py``
-runs it and writes ``benchmarks/results/encoder_learnability.json``; the Features page of the
-book plots that file.
+A second question is whether the autoencoder's own objective puts the cues into its features:
+:func:`linear_probe` fits a ridge regression from frozen features (:func:`encoder_features`,
+:func:`pixel_features`) to the drawn parameters, its penalty chosen across the training videos.
+
+Twin only (the drawn parameters are its ground truth). ``benchmarks/encoder_learnability.py`` and
+``benchmarks/mae_probe.py`` run them and write ``benchmarks/results/encoder_learnability.json``
+and ``benchmarks/results/mae_probe.json``; the Features page of the book shows both files.
 """
 
 from __future__ import annotations
@@ -222,3 +226,43 @@ def run_one(name: str, encoder: str, target: str, train: FrameSet, val: FrameSet
     return {"name": name, "encoder": encoder, "target": target, "size": size, "steps": steps, "lr": lr,
             "batch": batch, "checkpoint": str(checkpoint) if checkpoint else None,
             "params": int(sum(p.numel() for p in model.parameters())), "curve": curve}
+
+
+# --- linear read-out of frozen features: does MAE pretraining alone encode the drawn cues? ---
+
+@torch.inference_mode()
+def encoder_features(encoder: nn.Module, images: torch.Tensor, size: int, mean, std, batch: int = 256) -> np.ndarray:
+    """Frozen features of a timm ViT: its CLS token and the mean of its patch tokens after the final
+    norm (``forward_features``), concatenated: (N, 2 * width) float32."""
+    encoder.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        t = encoder.forward_features(prepare(images[i:i + batch], size, mean, std))
+        out.append(torch.cat([t[:, 0], t[:, 1:].mean(1)], 1).float().numpy())
+    return np.concatenate(out)
+
+
+def pixel_features(images: torch.Tensor, size: int = 32) -> np.ndarray:
+    """The raw pixels as features: grey levels at ``size`` x ``size`` (antialiased), (N, size**2)."""
+    x = F.interpolate(images.float() / 255.0, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.mean(1).reshape(len(images), -1).numpy()
+
+
+def linear_probe(X: np.ndarray, y: np.ndarray, groups: np.ndarray, X_new: np.ndarray,
+                 alphas=(1e-1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6), n_splits: int = 3) -> tuple[np.ndarray, float]:
+    """Ridge regression from standardised features ``X`` to ``y`` (N,) or (N, k), its penalty chosen
+    by grouped ``n_splits``-fold cross-validation on the training rows (``groups``: the video of each
+    row; mean squared error over targets), refitted on every training row; returns the predictions
+    for ``X_new`` and the chosen penalty. Nothing of ``X_new`` takes part in the choice."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def fit(a, rows):
+        return make_pipeline(StandardScaler(), Ridge(alpha=a)).fit(X[rows], y[rows])
+
+    folds = list(GroupKFold(n_splits=min(n_splits, len(np.unique(groups)))).split(X, y, groups))
+    errors = [np.mean([np.mean((fit(a, tr).predict(X[te]) - y[te]) ** 2) for tr, te in folds]) for a in alphas]
+    best = float(alphas[int(np.argmin(errors))])
+    return fit(best, np.arange(len(X))).predict(X_new), best
