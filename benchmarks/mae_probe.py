@@ -55,13 +55,14 @@ def main(argv=None) -> int:
     from mambava.data.oracle import truth_dir
     from mambava.features import learnability as L
     from mambava.features import pretrain
-    from mambava.features.finetune import fine_tune_videos
+    from mambava.features.finetune import fine_tune_videos, within_video
     from mambava.features.mae import EncoderSpec, load_encoder
     from mambava.io import write_json
 
     os.chdir(ROOT)
-    warnings.filterwarnings("ignore", message="Ill-conditioned matrix")  # ridge at tiny penalties
-    warnings.filterwarnings("ignore", message="An ill-conditioned matrix")
+    from scipy.linalg import LinAlgWarning
+
+    warnings.filterwarnings("ignore", category=LinAlgWarning)  # ridge at the grid's smallest penalties
     torch.set_num_threads(args.threads)
     cfg = load_config("params.yaml")
     if cfg.data.source != "synthetic":
@@ -78,9 +79,8 @@ def main(argv=None) -> int:
     val = L.load_frames(index, truth_dir(cfg), "validation", max_frames=4000)
     y = L.standardise(train.drawn, train.drawn)
 
-    from mambava.features.finetune import within_video
-
-    y_within = L.standardise(within_video(train.drawn, train.video_of), within_video(train.drawn, train.video_of))
+    drawn_within = within_video(train.drawn, train.video_of)
+    y_within = L.standardise(drawn_within, drawn_within)
     val_within = within_video(val.drawn, val.video_of)
 
     def score(name, what, Xtr, Xva, t0, **extra):
