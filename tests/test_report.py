@@ -3,7 +3,9 @@ twin's own generator) on small fake pipeline outputs."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import audmetric
 import numpy as np
@@ -220,3 +222,34 @@ def test_dataset_table():
     t = report.dataset_table(idx)
     assert list(t.index) == ["train", "test", "total"]
     assert t.loc["total", "frames"] == 60 and t.loc["train", "faces %"] == pytest.approx(96.7)
+
+
+def test_pipeline_graph_layers_and_reduction():
+    """A diamond with a shortcut: a -> b -> d, a -> c -> d, a -> d. Written out by hand: the
+    shortcut a -> d is implied by a path and is dropped; layers are longest-path depths."""
+    st = pd.DataFrame({"stage": ["d", "c", "b", "a"], "base": ["d", "c", "b", "a"],
+                       "deps": [["b.out", "c.out", "a.out"], ["a.out"], ["a.out/x"], []],
+                       "outs": [["d.out"], ["c.out"], ["b.out"], ["a.out"]]})
+    g = report.pipeline_graph(st)
+    assert list(g.nodes) == ["a", "b", "c", "d"]
+    assert [g.nodes[n]["layer"] for n in g.nodes] == [0, 1, 1, 2]
+    assert list(g.edges) == [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")]
+
+
+def test_pipeline_graph_is_the_same_under_any_hash_seed(repo):
+    """The Reproducibility page draws this graph: its node order (and so the figure's bytes) must
+    not follow Python's string hashing, which changes from process to process."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from mambava import report; "
+            "st = report.pipeline_stages(sys.argv[1], sys.argv[2]); g = report.pipeline_graph(st); "
+            "print(json.dumps([list(g.nodes(data=True)), list(g.edges)]))")
+    outs = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        outs.add(subprocess.run([sys.executable, "-c", code, str(repo / "dvc.yaml"), str(repo / "params.yaml")],
+                                env=env, check=True, capture_output=True, text=True).stdout)
+    assert len(outs) == 1
+    nodes, edges = json.loads(outs.pop())
+    assert nodes[0][0] == "data" and nodes[0][1]["layer"] == 0 and ["notebook_table1", "book"] in edges

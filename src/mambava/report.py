@@ -221,3 +221,23 @@ def pipeline_edges(stages: pd.DataFrame, collapse: bool = True) -> set[tuple[str
                 if getattr(a, key) != getattr(b, key):
                     edges.add((getattr(a, key), getattr(b, key)))
     return edges
+
+
+def pipeline_graph(stages: pd.DataFrame, collapse: bool = True):
+    """The stage graph to draw: :func:`pipeline_edges` without the edges implied by longer paths
+    (transitive reduction), every node with its ``layer`` (0 = no upstream; a node sits one layer
+    below its deepest upstream). Nodes are inserted by (layer, name) and edges sorted, so the
+    drawing does not depend on Python's hash seed (a set's order does)."""
+    import networkx as nx
+
+    key = "base" if collapse else "stage"
+    full = nx.DiGraph()
+    full.add_nodes_from(sorted(set(stages[key])))
+    full.add_edges_from(sorted(pipeline_edges(stages, collapse)))
+    reduced = nx.transitive_reduction(full)
+    layer = {n: i for i, gen in enumerate(nx.topological_generations(full)) for n in gen}
+    g = nx.DiGraph()
+    for n in sorted(full.nodes, key=lambda n: (layer[n], n)):
+        g.add_node(n, layer=layer[n])
+    g.add_edges_from(sorted(reduced.edges))
+    return g
