@@ -234,6 +234,7 @@ def test_pipeline_graph_layers_and_reduction():
     assert list(g.nodes) == ["a", "b", "c", "d"]
     assert [g.nodes[n]["layer"] for n in g.nodes] == [0, 1, 1, 2]
     assert list(g.edges) == [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")]
+    assert report.pipeline_layout(g) == {"a": (0.0, 0.0), "b": (-1.0, -1.0), "c": (1.0, -1.0), "d": (0.0, -2.0)}
 
 
 def test_pipeline_graph_is_the_same_under_any_hash_seed(repo):
@@ -244,12 +245,13 @@ def test_pipeline_graph_is_the_same_under_any_hash_seed(repo):
 
     code = ("import json, sys; from mambava import report; "
             "st = report.pipeline_stages(sys.argv[1], sys.argv[2]); g = report.pipeline_graph(st); "
-            "print(json.dumps([list(g.nodes(data=True)), list(g.edges)]))")
+            "print(json.dumps([list(g.nodes(data=True)), list(g.edges), list(report.pipeline_layout(g).items())]))")
     outs = set()
     for seed in ("1", "2", "3"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         outs.add(subprocess.run([sys.executable, "-c", code, str(repo / "dvc.yaml"), str(repo / "params.yaml")],
                                 env=env, check=True, capture_output=True, text=True).stdout)
     assert len(outs) == 1
-    nodes, edges = json.loads(outs.pop())
+    nodes, edges, pos = json.loads(outs.pop())
     assert nodes[0][0] == "data" and nodes[0][1]["layer"] == 0 and ["notebook_table1", "book"] in edges
+    assert len({tuple(p) for _, p in pos}) == len(nodes)  # no two stages drawn on one spot

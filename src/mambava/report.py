@@ -241,3 +241,17 @@ def pipeline_graph(stages: pd.DataFrame, collapse: bool = True):
         g.add_node(n, layer=layer[n])
     g.add_edges_from(sorted(reduced.edges))
     return g
+
+
+def pipeline_layout(g) -> dict[str, tuple[float, float]]:
+    """Positions for drawing :func:`pipeline_graph`: one row per layer (y = -layer), the nodes of a
+    row in name order, centred and spread over x in [-1, 1] (the widest row fills it). Written out
+    here because networkx's multipartite layout groups the nodes of a layer in a set, whose order
+    follows the hash seed."""
+    rows: dict[int, list[str]] = {}
+    for n, d in g.nodes(data=True):
+        rows.setdefault(d["layer"], []).append(n)
+    widest = max((len(r) for r in rows.values()), default=1)
+    step = 2.0 / max(1, widest - 1)
+    return {n: ((i - (len(r) - 1) / 2) * step, -float(layer))
+            for layer, r in rows.items() for i, n in enumerate(sorted(r))}
