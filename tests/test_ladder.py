@@ -307,3 +307,30 @@ def test_leak_effect_is_the_frame_weighted_difference():
                 - np.average(b[key].to_numpy()[j], weights=b.n_frames.to_numpy()[j]) for i, j in zip(da, db)]
         lo, hi = np.quantile(reps, [0.025, 0.975])
         assert (e[key]["lo"], e[key]["hi"]) == pytest.approx((lo, hi), abs=5e-5)  # rounded to 4 places
+
+
+def test_ladder_table_layout():
+    """A ladder written out by hand: rows (rung, variant) with the oracle rung first and the
+    ceiling last, each cell 'CCC [lo, hi]', the seed spread as 'v / a'; other splits ignored."""
+    from mambava.tables import ladder_shares, ladder_table
+
+    rows = []
+    for split, shift in (("test", 0.0), ("validation", 0.5)):
+        for level, variant, v, a, sd in (("mae", "frame", 0.1, 0.2, 0.01), ("oracle", "frame", 0.8, 0.4, 0.02),
+                                          ("oracle", "mamba_va", 0.9, 0.7, 0.03), ("ceiling", "all", 0.99, 0.98, 0.0)):
+            for target, c, k in (("valence", v, 1), ("arousal", a, 2)):
+                rows.append(dict(split=split, level=level, variant=variant, target=target, ccc=c - shift,
+                                 lo=c - shift - 0.05, hi=c - shift + 0.05, seed_sd=k * sd, n_seeds=3, n_folds=6))
+    t = pd.DataFrame(rows)
+    out = ladder_table(t, "test")
+    assert list(out.index) == [("oracle features", "Mamba-VA (TCN + Mamba)"),
+                               ("oracle features", "frame only (no TCN, no temporal model)"),
+                               ("MAE features", "frame only (no TCN, no temporal model)"),
+                               ("label ceiling", "latent vs labels")]
+    assert list(out.columns) == ["valence [95% CI]", "arousal [95% CI]", "seed s.d. (v / a)"]
+    assert out.iloc[0].tolist() == ["0.900 [0.850, 0.950]", "0.700 [0.650, 0.750]", "0.030 / 0.060"]
+    assert out.iloc[2].tolist() == ["0.100 [0.050, 0.150]", "0.200 [0.150, 0.250]", "0.010 / 0.020"]
+    assert out.iloc[3].tolist() == ["0.990 [0.940, 1.040]", "0.980 [0.930, 1.030]", ""]
+    shares = ladder_shares(t, "test")
+    assert shares.loc["frame only (no TCN, no temporal model)", ("arousal", "MAE / oracle")] == 0.5
+    assert shares.loc["Mamba-VA (TCN + Mamba)", ("valence", "oracle / ceiling")] == round(0.9 / 0.99, 3)

@@ -213,29 +213,26 @@ def _cell(r) -> str:
 
 
 def ladder_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
-    """Rows: variant; columns: (rung, target) 'CCC [lo, hi]' and the seed spread, one split."""
-    t = table[table.split == split].copy()
-    t["cell"] = [_cell(r) for r in t.itertuples()]
-    ceil = t[t.level == "ceiling"]
-    body = t[t.level != "ceiling"]
-    wide = body.pivot_table(index="variant", columns=["level", "target"], values="cell", aggfunc="first")
-    order = [v for v in VARIANTS if v in wide.index]
-    wide = wide.reindex(order)
-    levels = [lv for lv in ("oracle", "mae") if lv in wide.columns.get_level_values(0)]
-    wide = wide[[(lv, tg) for lv in levels for tg in ("valence", "arousal")]]
-    wide.columns = [f"{LEVEL_LABELS[lv]}: {tg}" for lv, tg in wide.columns]
-    sd = body.pivot_table(index="variant", columns=["level", "target"], values="seed_sd").reindex(order)
-    for lv in levels:
-        wide[f"seed s.d. ({lv}: v / a)"] = [f"{sd.loc[v, (lv, 'valence')]:.3f} / {sd.loc[v, (lv, 'arousal')]:.3f}"
-                                           for v in order]
-    wide.index = [VARIANT_LABELS.get(v, v) for v in order]
-    if len(ceil):
-        row = {c: "" for c in wide.columns}
-        for r in ceil.itertuples():
-            for lv in levels:
-                row[f"{LEVEL_LABELS[lv]}: {r.target}"] = _cell(r)
-        wide.loc["label ceiling (latent vs labels)"] = row
-    return wide
+    """One split of the ladder, long enough to read on a page: rows (rung, variant), the oracle
+    rung first, then the MAE rung, then the label ceiling; columns 'CCC [lo, hi]' for valence and
+    arousal and the seed spread (s.d. over seeds, valence / arousal)."""
+    t = table[table.split == split]
+    rows, index = [], []
+    for lv in ("oracle", "mae", "ceiling"):
+        part = t[t.level == lv]
+        names = ["all"] if lv == "ceiling" else [v for v in VARIANTS if v in set(part.variant)]
+        for v in names:
+            cells = {tg: part[(part.variant == v) & (part.target == tg)] for tg in ("valence", "arousal")}
+            if not all(len(c) for c in cells.values()):
+                continue
+            r = {f"{tg} [95% CI]": _cell(next(c.itertuples())) for tg, c in cells.items()}
+            sd = [float(c.seed_sd.iloc[0]) for c in cells.values()]
+            r["seed s.d. (v / a)"] = "" if lv == "ceiling" else f"{sd[0]:.3f} / {sd[1]:.3f}"
+            rows.append(r)
+            index.append((LEVEL_LABELS[lv], "latent vs labels" if lv == "ceiling" else VARIANT_LABELS.get(v, v)))
+    out = pd.DataFrame(rows, columns=["valence [95% CI]", "arousal [95% CI]", "seed s.d. (v / a)"])
+    out.index = pd.MultiIndex.from_tuples(index, names=["rung", "variant"])
+    return out
 
 
 
@@ -250,11 +247,13 @@ def ladder_shares(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
             o = t[(t.variant == v) & (t.level == "oracle") & (t.target == tg)].ccc
             m = t[(t.variant == v) & (t.level == "mae") & (t.target == tg)].ccc
             if len(o) and tg in ceil:
-                row[f"oracle / ceiling: {tg}"] = round(float(o.iloc[0]) / ceil[tg], 3)
+                row[(tg, "oracle / ceiling")] = round(float(o.iloc[0]) / ceil[tg], 3)
             if len(o) and len(m):
-                row[f"MAE / oracle: {tg}"] = round(float(m.iloc[0]) / float(o.iloc[0]), 3)
+                row[(tg, "MAE / oracle")] = round(float(m.iloc[0]) / float(o.iloc[0]), 3)
         rows.append(row)
-    return pd.DataFrame(rows).set_index("variant")
+    out = pd.DataFrame(rows).set_index("variant")
+    out.columns = pd.MultiIndex.from_tuples(out.columns)  # (target, share): short headers
+    return out
 
 
 
