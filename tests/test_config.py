@@ -1,5 +1,6 @@
 """params.yaml through the typed layer: typos and wrong types are errors naming file and line."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,9 @@ def test_unknown_key_names_file_line_and_key(params):
 
 
 def test_wrong_type_names_file_line_and_value(params):
-    params.write_text(params.read_text().replace("  n_videos: 100", "  n_videos: many"))
+    text, n = re.subn(r"  n_videos: \d+", "  n_videos: many", params.read_text(), count=1)
+    assert n == 1
+    params.write_text(text)
     with pytest.raises(ConfigError) as e:
         load_config(params)
     line = _line_of(params, "n_videos: many")
