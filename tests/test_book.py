@@ -74,6 +74,16 @@ def test_each_page_shows_its_parameters_once():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_pages_show_results_not_code(path):
+    """Notebooks are thin: every code cell is folded away (``hide-input``) or removed, so a page
+    reads as text, tables and figures with the code one click away."""
+    nb = nbformat.read(path, as_version=4)
+    shown = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+             and not {"hide-input", "remove-cell", "remove-input"} & set(c.metadata.get("tags", []))]
+    assert shown == [], f"{path.name}: code cells {shown} are shown in full on the page"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_source_notebooks_are_clean(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
