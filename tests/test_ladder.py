@@ -334,3 +334,6 @@ def test_ladder_table_layout():
     shares = ladder_shares(t, "test")
     assert shares.loc["frame only (no TCN, no temporal model)", ("arousal", "MAE / oracle")] == 0.5
     assert shares.loc["Mamba-VA (TCN + Mamba)", ("valence", "oracle / ceiling")] == round(0.9 / 0.99, 3)
+    # real Aff-Wild2: only the MAE rung, so no shares, and no error
+    assert ladder_shares(t[t.level == "mae"], "test").shape == (1, 0)
+    assert list(ladder_table(t[t.level == "mae"], "test").index) == [("MAE features", "frame only (no TCN, no temporal model)")]

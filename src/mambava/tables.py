@@ -252,7 +252,8 @@ def ladder_shares(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
                 row[(tg, "MAE / oracle")] = round(float(m.iloc[0]) / float(o.iloc[0]), 3)
         rows.append(row)
     out = pd.DataFrame(rows).set_index("variant")
-    out.columns = pd.MultiIndex.from_tuples(out.columns)  # (target, share): short headers
+    if len(out.columns):  # (target, share): short headers; none without an oracle rung (real data)
+        out.columns = pd.MultiIndex.from_tuples(out.columns)
     return out
 
 
