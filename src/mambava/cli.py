@@ -81,6 +81,22 @@ def cmd_mae_pretrain(args) -> int:
     return 0
 
 
+def cmd_pretrain_faces(args) -> int:
+    from mambava.features.facepretrain import run
+
+    m = run(_cfg(args), ship=args.ship, max_minutes=args.max_minutes)
+    print(f"{'done' if m['done'] else 'stopped'}: step {m['steps_done']} of {m['steps']}"
+          + (f"; sha256 {m['sha256']}" if m.get("sha256") else ""))
+    return 0
+
+
+def cmd_face_probe(args) -> int:
+    from mambava.features.probe import run
+
+    run(_cfg(args))
+    return 0
+
+
 def cmd_mae_finetune(args) -> int:
     from mambava.features.finetune import run
 
@@ -265,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mae-pretrain", help="DVC stage `mae_pretrain`: masked-autoencoder pretraining (or a local checkpoint)")
     p.set_defaults(func=cmd_mae_pretrain)
+    p = sub.add_parser("pretrain-faces", help="pretrain the face encoder on the population (once, outside dvc repro; resumable)")
+    p.add_argument("--ship", action="store_true", help="when done, copy the result to mae_pretrain.checkpoint")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this long (at a saved step); run again to resume")
+    p.set_defaults(func=cmd_pretrain_faces)
+    p = sub.add_parser("face-probe", help="DVC stage `face_probe` (twin only): a linear probe of the frozen encoders for the drawn cues")
+    p.set_defaults(func=cmd_face_probe)
     p = sub.add_parser("mae-finetune", help="DVC stage `mae_finetune`: frame-level valence/arousal fine-tuning")
     p.set_defaults(func=cmd_mae_finetune)
     p = sub.add_parser("features", help="DVC stage `features`: per-video CLS features of every frame")
@@ -281,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="DVC stage `evaluate`: predictions, CCCs, test submission of every run of a variant")
     _run_args(p)
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("ladder", help="DVC stage `ladder`: label ceiling, oracle and MAE features, by variant")
+    p = sub.add_parser("ladder", help="DVC stage `ladder`: label ceiling, oracle and face-encoder features, by variant")
     p.set_defaults(func=cmd_ladder)
     p = sub.add_parser("leakage", help="DVC stage `leakage`: how optimistic the paper's protocol is (randomised)")
     p.set_defaults(func=cmd_leakage)
@@ -304,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mambava.models import VARIANTS
 
     p.add_argument("--variant", required=True, choices=VARIANTS, help="model variant (ablation)")
-    p.add_argument("--fold", type=int, required=True, help="0 = official split, 1..5 = CV folds (MAE features, primary seed)")
+    p.add_argument("--fold", type=int, required=True, help="0 = official split, 1..5 = CV folds (face-encoder features, primary seed)")
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.set_defaults(func=cmd_export)
 

@@ -124,15 +124,20 @@ FACE_STD = (0.220, 0.193, 0.180)
 
 
 class EncoderConfig(Section):
-    """The ViT encoder (timm's VisionTransformer) and its input: shared by pretraining,
-    fine-tuning and extraction, so the three stages cannot disagree on it."""
+    """The frame encoder (timm) and its input: shared by face pretraining, the MAE stage,
+    fine-tuning and extraction, so the stages cannot disagree on it. ``arch: vit`` is timm's
+    VisionTransformer (the paper's family; depth, num_heads, mlp_ratio); ``arch: resnet`` is a timm
+    ResNet of basic blocks (channels, layers; patch_size is the stride of its last feature map)."""
 
+    arch: Literal["vit", "resnet"] = "vit"
     img_size: int = Field(112, ge=16)  # frames are resized to this (the crops are 112x112)
     patch_size: int = Field(16, ge=1)
     embed_dim: int = Field(192, ge=4)  # the feature width (model.input_dim must match)
     depth: int = Field(6, ge=1)
     num_heads: int = Field(3, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
+    channels: list[int] | None = None  # resnet: width of each stage; the last = embed_dim
+    layers: list[int] | None = None  # resnet: basic blocks per stage
     mean: list[float] = Field(default_factory=lambda: list(FACE_MEAN), min_length=3, max_length=3)
     std: list[float] = Field(default_factory=lambda: list(FACE_STD), min_length=3, max_length=3)
 
@@ -140,9 +145,50 @@ class EncoderConfig(Section):
     def _check(self) -> "EncoderConfig":
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} must be a multiple of patch_size {self.patch_size}")
-        if self.embed_dim % self.num_heads:
+        if self.arch == "vit" and self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} must be a multiple of num_heads {self.num_heads}")
+        if self.arch == "resnet":
+            if not self.channels or not self.layers or len(self.channels) != len(self.layers):
+                raise ValueError("arch resnet needs channels and layers, one entry per stage")
+            if self.channels[-1] != self.embed_dim:
+                raise ValueError(f"embed_dim {self.embed_dim} must equal the last stage's width {self.channels[-1]}")
+            if self.patch_size not in (8, 16, 32):
+                raise ValueError(f"arch resnet: patch_size (the output stride) must be 8, 16 or 32, not {self.patch_size}")
         return self
+
+
+class PopulationConfig(Section):
+    """The face-pretraining population (mambava.data.population): people who are not in the study."""
+
+    seed: int = 777  # its own stream tag as well (POPULATION_STREAM): never the study's draws
+    n_people: int = Field(3000, ge=2)
+    clip_frames: int = Field(12, ge=1)  # frames per person, at random moments of their track
+    clip_seconds: float = Field(60.0, gt=0)
+    image_size: int = Field(112, ge=16)  # the crops' size
+    fps: float = Field(30.0, gt=0)
+    jpeg_quality: int = Field(90, ge=10, le=100)
+
+
+class FacePretrainConfig(Section):
+    """``mambava pretrain-faces`` (mambava.features.facepretrain): the encoder of
+    ``mae_pretrain.encoder`` pretrained on the population, once, outside ``dvc repro``; its result
+    ships as ``mae_pretrain.checkpoint``."""
+
+    population: PopulationConfig = PopulationConfig()
+    objective: Literal["supervised", "masked", "both"] = "both"
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    mask_ratio: float = Field(0.6, gt=0, lt=1)
+    augment: Literal["none", "flip", "colour"] = "flip"  # colour: flips + channel order, gains, grey
+    seed: int = 0
+    save_every: int = Field(100, ge=1)  # steps between resumable states (<out>/last.pt)
+    threads: int | None = Field(None, ge=1)  # torch threads; null = the cores this process may use
+    workers: int | None = Field(None, ge=1)  # processes rendering the population; null = the cores
+    cache: str = "outputs/face_pretrain/population.npz"
+    out: str = "outputs/face_pretrain"
 
 
 class MaePretrainConfig(Section):
@@ -152,6 +198,7 @@ class MaePretrainConfig(Section):
     # Start from this local checkpoint (facebookresearch/mae `{"model": ...}` or timm's MAE ViT
     # weights, .pth/.pt/.bin/.safetensors) instead of random weights; null = from scratch.
     checkpoint: str | None = None
+    checkpoint_sha256: str | None = None  # if set, the checkpoint file must have this SHA-256
     steps: int = Field(250, ge=0)  # 0 with a checkpoint: use its weights as they are
     batch_size: int = Field(48, ge=1)
     lr: float = Field(1.5e-3, gt=0)
@@ -165,6 +212,13 @@ class MaePretrainConfig(Section):
     n_reconstructions: int = Field(8, ge=0)  # held-out (validation) frames drawn for the book
     num_workers: int = Field(2, ge=0)
     out: str = "outputs/mae_pretrain"
+
+
+class FaceProbeConfig(Section):
+    """The `face_probe` stage (twin only; mambava.features.probe): does the frozen encoder read the
+    drawn mouth curve, brow tilt and eye opening of people it never saw?"""
+
+    out: str = "outputs/face_probe"
 
 
 class MaeFinetuneConfig(Section):
@@ -237,7 +291,7 @@ class BookConfig(Section):
 
 # --------------------------------------------------------------------------- folds, train, evaluate
 class LadderConfig(Section):
-    """The signal ladder (twin only): the label ceiling, oracle features, MAE features."""
+    """The signal ladder (twin only): the label ceiling, oracle features, face-encoder features."""
 
     oracle_dir: str = "outputs/oracle_features"  # the twin's rendered parameters as a feature store
     out: str = "outputs/ladder"  # ladder.csv, ladder.json, ladder.png
@@ -309,9 +363,11 @@ class Config(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    face_pretrain: FacePretrainConfig = FacePretrainConfig()
     mae_pretrain: MaePretrainConfig = MaePretrainConfig()
     mae_finetune: MaeFinetuneConfig = MaeFinetuneConfig()
     features: FeaturesConfig = FeaturesConfig()
+    face_probe: FaceProbeConfig = FaceProbeConfig()
     folds: FoldsConfig = FoldsConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -439,6 +495,11 @@ def settings_problems(cfg: Config) -> list[tuple[list[tuple], str]]:
         out.append(([("model", "input_dim"), ("mae_pretrain", "encoder", "embed_dim")],
                     f"model.input_dim ({m.input_dim}) must equal mae_pretrain.encoder.embed_dim ({enc.embed_dim}), "
                     "the width of the features the temporal model reads"))
+    if enc.arch != "vit" and cfg.mae_pretrain.steps > 0:
+        out.append(([("mae_pretrain", "steps"), ("mae_pretrain", "encoder", "arch")],
+                    f"mae_pretrain.steps ({cfg.mae_pretrain.steps}): masked-autoencoder pretraining on the study's "
+                    f"frames needs arch vit; with arch {enc.arch} set steps: 0 and start from a checkpoint "
+                    "(`mambava pretrain-faces` makes one)"))
     for w, st in (("window", "stride"), ("window_fold0", "stride_fold0")):
         if getattr(cfg.train, st) > getattr(cfg.train, w):
             out.append(([("train", st), ("train", w)],

@@ -83,7 +83,8 @@ def model_card(meta: dict) -> str:
     lines = [
         f"# Mamba-VA model: {meta['variant']}, fold {meta['fold']}",
         "",
-        "Per-frame valence and arousal (each in [-1, 1]) from face video: a ViT encoder (MAE, fine-tuned on",
+        f"Per-frame valence and arousal (each in [-1, 1]) from face video: a {'ViT' if e.get('arch', 'vit') == 'vit' else 'ResNet'} "
+        "frame encoder (pretrained, fine-tuned on",
         "frame-level valence/arousal) gives one feature per aligned face crop; a temporal model",
         f"(TCN {m['tcn_channels'] if m['tcn'] else 'off'}, {m['temporal']} x {m['n_layers']}, d_model {m['d_model']})",
         "turns the sequence into per-frame predictions. Made with `mambava export`; use it with",
@@ -92,8 +93,7 @@ def model_card(meta: dict) -> str:
         "## Inputs",
         f"- Face crops {c['size']}x{c['size']}, eyes level, {c['eye_distance']:.3f} of the side apart at height "
         f"{c['eye_y']:.3f} (what `mambava data crop` makes with these settings).",
-        f"- Encoder: ViT patch {e['patch_size']}, {e['img_size']} px, width {e['embed_dim']}, depth {e['depth']};"
-        f" normalisation mean {e['mean']}, std {e['std']}.",
+        f"- Encoder: {_encoder_text(e)}; normalisation mean {e['mean']}, std {e['std']}.",
         f"- Inference: {meta['evaluate']['inference']}"
         + (f" ({meta['evaluate']['window']}/{meta['evaluate']['stride']} windows)" if meta["evaluate"]["inference"] == "windows" else "")
         + ".",
@@ -173,6 +173,13 @@ def export(cfg, variant: str, fold: int, out: str | Path) -> Path:
         raise
     replace_dir(staging, out)
     return out
+
+
+def _encoder_text(e: dict) -> str:
+    if e.get("arch", "vit") == "resnet":
+        return (f"ResNet, stages {e['channels']} x {e['layers']} blocks, {e['img_size']} px, output stride "
+                f"{e['patch_size']}, width {e['embed_dim']}")
+    return f"ViT patch {e['patch_size']}, {e['img_size']} px, width {e['embed_dim']}, depth {e['depth']}"
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu"):

@@ -60,12 +60,23 @@ class FrameVA(nn.Module):
         return sd
 
 
+def n_blocks(encoder: nn.Module) -> int:
+    """The blocks ``freeze_blocks`` counts: a ViT's transformer blocks, a ResNet's stages."""
+    if hasattr(encoder, "blocks"):
+        return len(encoder.blocks)
+    return sum(1 for name, _ in encoder.named_children() if name.startswith("layer"))
+
+
 def freeze(encoder: nn.Module, k: int) -> list[str]:
-    """Freeze the patch embedding, CLS token, positions and the first ``k`` blocks; return their names."""
-    depth = len(encoder.blocks)
+    """Freeze the patch embedding, CLS token, positions and the first ``k`` blocks of a ViT (of a
+    ResNet: the stem and the first ``k`` stages); return their names."""
+    depth = n_blocks(encoder)
+    if hasattr(encoder, "blocks"):
+        prefixes = ("patch_embed.", "cls_token", "pos_embed") + tuple(f"blocks.{i}." for i in range(k))
+    else:  # timm ResNet: conv1/bn1 (stem), layer1..layerN (stages)
+        prefixes = ("conv1.", "bn1.") + tuple(f"layer{i + 1}." for i in range(k))
     if not 0 <= k <= depth:
         raise ValueError(f"mae_finetune.freeze_blocks = {k}, but the encoder has {depth} blocks")
-    prefixes = ("patch_embed.", "cls_token", "pos_embed") + tuple(f"blocks.{i}." for i in range(k))
     frozen = []
     for name, p in encoder.named_parameters():
         if name.startswith(prefixes):
@@ -160,7 +171,7 @@ def run(cfg) -> dict:
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("fine-tuning: %d of %d blocks frozen (%d tensors, %.2fM params frozen, %.2fM trained)",
-             fc.freeze_blocks, spec.depth, len(frozen), n_frozen / 1e6, n_train / 1e6)
+             fc.freeze_blocks, n_blocks(model.encoder), len(frozen), n_frozen / 1e6, n_train / 1e6)
     model.to(device)
 
     index = load_index(cfg.data.index)
@@ -198,7 +209,7 @@ def run(cfg) -> dict:
         "target": fc.target,
         "colour_augment": fc.colour_augment,
         "freeze_blocks": fc.freeze_blocks,
-        "depth": spec.depth,
+        "depth": n_blocks(model.encoder),
         "frozen_params": int(n_frozen),
         "trainable_params": int(n_train),
         "steps": fc.steps,

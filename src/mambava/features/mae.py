@@ -36,8 +36,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 # Keys of a checkpoint that never belong to the encoder: the MAE decoder, a classifier head,
-# our valence-arousal head. They are dropped silently (and listed in the load report).
-IGNORED_PREFIXES = ("decoder_", "mask_token", "head.", "va_head.")
+# our valence-arousal head, the face pretraining's reconstruction head. They are dropped silently (and listed in the load report).
+IGNORED_PREFIXES = ("decoder_", "mask_token", "head.", "va_head.", "mim_head.")
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,14 @@ class EncoderSpec:
     """The architecture of a ViT encoder (mirrors ``mambava.config.EncoderConfig``)."""
 
     img_size: int = 112
-    patch_size: int = 16
+    patch_size: int = 16  # ViT: the patch side; resnet: the stride of the last feature map (16)
     embed_dim: int = 192
     depth: int = 6
     num_heads: int = 3
     mlp_ratio: float = 4.0
+    arch: str = "vit"  # vit | resnet
+    channels: tuple[int, ...] = ()  # resnet: the width of each stage (embed_dim = the last)
+    layers: tuple[int, ...] = ()  # resnet: basic blocks per stage
 
     @classmethod
     def from_config(cls, cfg) -> "EncoderSpec":
@@ -60,18 +63,45 @@ class EncoderSpec:
             depth=cfg.depth,
             num_heads=cfg.num_heads,
             mlp_ratio=cfg.mlp_ratio,
+            arch=getattr(cfg, "arch", "vit"),
+            channels=tuple(getattr(cfg, "channels", ()) or ()),
+            layers=tuple(getattr(cfg, "layers", ()) or ()),
         )
 
     def describe(self) -> str:
+        if self.arch == "resnet":
+            return (f"ResNet, {self.img_size}x{self.img_size}, stages {'-'.join(map(str, self.channels))} "
+                    f"x {'-'.join(map(str, self.layers))} blocks, output stride {self.patch_size}, dim {self.embed_dim}")
         return (
             f"ViT patch {self.patch_size}, {self.img_size}x{self.img_size}, dim {self.embed_dim}, "
             f"depth {self.depth}, heads {self.num_heads}"
         )
 
 
+def build_resnet(spec: EncoderSpec):
+    """timm's ResNet of basic blocks, widths ``spec.channels``, output stride ``spec.patch_size``
+    (dilated last stages), no classifier: forward gives the global average of the last map."""
+    from timm.models.resnet import BasicBlock, ResNet
+
+    if not spec.channels or len(spec.channels) != len(spec.layers):
+        raise ValueError(f"resnet encoder: channels {spec.channels} and layers {spec.layers} must have one entry per stage")
+    if spec.channels[-1] != spec.embed_dim:
+        raise ValueError(f"resnet encoder: embed_dim {spec.embed_dim} must equal the last stage width {spec.channels[-1]}")
+    enc = ResNet(BasicBlock, layers=tuple(spec.layers), channels=tuple(spec.channels), stem_width=spec.channels[0],
+                 output_stride=spec.patch_size, num_classes=0, global_pool="avg")
+    enc.embed_dim = spec.embed_dim
+    return enc
+
+
 def build_encoder(spec: EncoderSpec):
-    """timm's VisionTransformer without a classifier: forward gives the CLS after the final norm."""
+    """The frame encoder of ``spec.arch``: timm's VisionTransformer without a classifier (forward
+    gives the CLS after the final norm) or :func:`build_resnet`."""
     from timm.models.vision_transformer import VisionTransformer
+
+    if spec.arch == "resnet":
+        return build_resnet(spec)
+    if spec.arch != "vit":
+        raise ValueError(f"encoder arch {spec.arch!r}: vit | resnet")
 
     if spec.img_size % spec.patch_size:
         raise ValueError(f"img_size {spec.img_size} is not a multiple of patch_size {spec.patch_size}")
@@ -315,6 +345,9 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> LoadReport:
             unexpected.append(key)
             continue
         want = own[key].shape
+        if key == "fc.weight" or key == "fc.bias":  # a timm ResNet's classifier (num_classes=0 here)
+            report.ignored.append(key)
+            continue
         if key == "pos_embed" and value.shape != want and value.ndim == 3 and value.shape[-1] == want[-1]:
             old_grid = int(math.isqrt(value.shape[1] - 1))
             new_grid = int(math.isqrt(want[1] - 1))

@@ -32,6 +32,7 @@ from mambava.schedules import warmup_cosine
 from mambava.features.mae import (
     EncoderSpec,
     MaskedAutoencoder,
+    build_encoder,
     load_encoder_weights,
     read_state_dict,
     save_checkpoint,
@@ -106,17 +107,117 @@ def pretrain(mae: MaskedAutoencoder, loader, steps: int, lr: float, weight_decay
     return losses
 
 
+def verified_checkpoint(pc) -> str | None:
+    """``mae_pretrain.checkpoint``, after checking its SHA-256 against ``checkpoint_sha256`` when
+    that is set (a corrupted or replaced file is refused, naming both hashes)."""
+    from mambava.io import file_sha256
+
+    if not pc.checkpoint:
+        return None
+    path = Path(pc.checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: mae_pretrain.checkpoint not found (weights are only read from local files)")
+    if pc.checkpoint_sha256:
+        got = file_sha256(path)
+        if got != pc.checkpoint_sha256.lower():
+            from mambava.errors import UserError
+
+            raise UserError(f"{path}: SHA-256 {got} is not mae_pretrain.checkpoint_sha256 ({pc.checkpoint_sha256}) "
+                             "in params.yaml: the file is corrupted or was replaced. Restore it (`git checkout -- "
+                             f"{path}`) or remake it with `mambava pretrain-faces --ship` and record its hash")
+    return str(path)
+
+
+def run_from_checkpoint(cfg, spec: EncoderSpec) -> dict:
+    """The `mae_pretrain` stage for a non-ViT encoder: the checkpoint as it is (no MAE on the
+    study's frames), its reconstruction head (``mim_head.*``, if present) drawing the book's
+    held-out reconstructions."""
+    from mambava.features.facepretrain import FacePretrainer, masked_loss, random_mask
+
+    pc = cfg.mae_pretrain
+    out = Path(pc.out)
+    ckpt = verified_checkpoint(pc)
+    if ckpt is None:
+        raise ValueError(f"mae_pretrain: arch {spec.arch} starts from a checkpoint; set mae_pretrain.checkpoint")
+    model = FacePretrainer(build_encoder(spec), spec.embed_dim, spec.patch_size)
+    load_encoder_weights(model.encoder, ckpt)
+    state = read_state_dict(ckpt)
+    head = {k[len("mim_head."):]: v for k, v in state.items() if k.startswith("mim_head.")}
+    if head:
+        model.mim_head.load_state_dict(head)
+    sd = {k: v.detach().cpu() for k, v in model.encoder.state_dict().items()}
+    sd.update({f"mim_head.{k}": v for k, v in head.items()})
+    save_checkpoint(sd, checkpoint_file(cfg), spec=asdict(spec))
+    metrics = {"steps": 0, "from_checkpoint": True, "checkpoint": ckpt, "checkpoint_sha256": pc.checkpoint_sha256,
+               "decoder_trained": bool(head)}
+    if head and pc.n_reconstructions:
+        index = load_index(cfg.data.index)
+        dirs, frames, video_of, _ = split_frames(index, "validation")
+        pick = np.linspace(0, len(frames) - 1, pc.n_reconstructions).round().astype(int)
+        ds = FrameDataset(dirs, frames[pick], video_of[pick], spec.img_size, pc.encoder.mean, pc.encoder.std)
+        imgs = torch.stack([ds[i][0] for i in range(len(ds))])
+        gen = torch.Generator().manual_seed(cfg.seed)
+        grid = spec.img_size // spec.patch_size
+        mask = random_mask(len(imgs), grid, cfg.face_pretrain.mask_ratio, gen)
+        pix = mask.repeat_interleave(spec.patch_size, 1).repeat_interleave(spec.patch_size, 2)[:, None]
+        model.eval()
+        with torch.no_grad():
+            _, fmap = model(imgs * (1 - pix))
+            pred = model.reconstruct(fmap)
+            metrics["heldout_loss"] = round(float(masked_loss(pred, imgs, mask, spec.patch_size)), 5)
+        # back to each square's own statistics (the targets are per-square normalised)
+        p = spec.patch_size
+
+        def squares(x):
+            return x.reshape(len(x), 3, grid, p, grid, p)
+
+        sq = squares(imgs)
+        mu = sq.mean(dim=(1, 3, 5), keepdim=True)
+        sd_ = sq.var(dim=(1, 3, 5), keepdim=True).add(1e-6).sqrt()
+        recon = (squares(pred) * sd_ + mu).reshape_as(imgs)
+        recon = imgs * (1 - pix) + recon * pix
+        _save_grid([imgs, imgs * (1 - pix), recon], pc.encoder.mean, pc.encoder.std, out / "reconstructions.png")
+    else:
+        index = load_index(cfg.data.index)
+        dirs, frames, video_of, _ = split_frames(index, "validation")
+        pick = np.linspace(0, len(frames) - 1, max(1, pc.n_reconstructions)).round().astype(int)
+        ds = FrameDataset(dirs, frames[pick], video_of[pick], spec.img_size, pc.encoder.mean, pc.encoder.std)
+        imgs = torch.stack([ds[i][0] for i in range(len(ds))])
+        _save_grid([imgs], pc.encoder.mean, pc.encoder.std, out / "reconstructions.png")
+    write_json(out / "metrics.json", metrics)
+    write_timing(out, "mae_pretrain", {"seconds": 0.0, "frames_per_second": None})
+    log.info("mae_pretrain: %s from %s (no pretraining on the study's frames); %s", spec.describe(), ckpt, metrics)
+    return metrics
+
+
+def _save_grid(rows, mean, std, path: Path) -> None:
+    """A PNG with one row per tensor of normalised images (one column per frame)."""
+    from PIL import Image
+
+    m = torch.tensor(mean)[:, None, None]
+    s = torch.tensor(std)[:, None, None]
+
+    def to_uint8(x):
+        return ((x * s + m).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+    grid = np.concatenate([np.concatenate(list(to_uint8(x)), axis=1) for x in rows], axis=0)
+    with atomic_path(path, ".tmp.png") as tmp:
+        Image.fromarray(grid).save(tmp)
+
+
 def run(cfg) -> dict:
     """The `mae_pretrain` stage (module doc)."""
     pc = cfg.mae_pretrain
     out = Path(pc.out)
     spec = EncoderSpec.from_config(pc.encoder)
+    if spec.arch != "vit":
+        return run_from_checkpoint(cfg, spec)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     mae = MaskedAutoencoder(spec, pc.decoder_dim, pc.decoder_depth, pc.decoder_heads, pc.norm_pix_loss)
     decoder_from_checkpoint = False
     if pc.checkpoint:
-        load_encoder_weights(mae.encoder, pc.checkpoint)
+        load_encoder_weights(mae.encoder, verified_checkpoint(pc))
         state = read_state_dict(pc.checkpoint)
         if any(k.startswith("decoder_") for k in state):
             mae.load_mae_state_dict(state)
