@@ -187,3 +187,35 @@ def test_encoder_features_are_the_cls_token_and_the_mean_patch_token():
         tokens = enc.norm(enc.blocks(enc._pos_embed(enc.patch_embed(x))))  # the same path by hand
     np.testing.assert_allclose(f[:, :16], cls, atol=1e-5)
     np.testing.assert_allclose(f[:, 16:], tokens[:, 1:].mean(1).numpy(), atol=1e-5)
+
+
+def test_probe_targets_are_read_by_name_from_the_truth_files(twin):
+    """The face probe's three targets (mouth curve, brow tilt, eye opening), read independently."""
+    from mambava.data.population import DRAWN
+
+    index, truth = twin
+    fs = L.load_frames(index, truth, "validation", size=32, columns=DRAWN)
+    expected = []
+    for row in index[index["split"] == "validation"].itertuples():
+        z = np.load(truth / f"{row.video}.npz")
+        lab = np.loadtxt(row.annotation, delimiter=",", skiprows=1, ndmin=2)
+        for p in sorted(Path(row.path).glob("*.jpg")):
+            f = int(p.stem)
+            if f > row.n_frames or f > len(lab) or (lab[f - 1] == -5).any():
+                continue
+            expected.append([z["mouth_curve"][f - 1], z["brow_tilt"][f - 1], z["eye_open"][f - 1]])
+    np.testing.assert_allclose(fs.drawn, np.asarray(expected), atol=1e-6)
+
+
+def test_probe_scores_read_a_planted_linear_target_and_not_noise():
+    from mambava.features.probe import pearson, probe_scores
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(12, 3))
+    x, xt = rng.normal(size=(400, 12)), rng.normal(size=(200, 12))
+    y = np.c_[x @ w[:, :2], rng.normal(size=400)]
+    yt = np.c_[xt @ w[:, :2], rng.normal(size=200)]
+    s = probe_scores(x, y, np.repeat(np.arange(40), 10), xt, yt)
+    assert s["r_mouth_curve"] > 0.99 and s["r_brow_tilt"] > 0.99 and abs(s["r_eye_open"]) < 0.2
+    assert s["alpha_eye_open"] >= 1e4  # noise: the strongest penalties of the grid
+    assert abs(pearson(yt[:, 0], yt[:, 0]) - 1) < 1e-12

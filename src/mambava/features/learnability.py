@@ -55,10 +55,10 @@ class FrameSet:
 
 
 def load_frames(index, truth_dir: str | Path, split: str, videos=None, every: int = 1,
-                max_frames: int | None = None, size: int = 112) -> FrameSet:
+                max_frames: int | None = None, size: int = 112, columns=DRAWN) -> FrameSet:
     """Labelled on-disk frames of ``split`` (optionally only ``videos``), every ``every``-th one,
     at most ``max_frames`` spread evenly, with the drawn parameters read from the twin's truth
-    file of each video (``<truth_dir>/<video>.npz``, row = frame number - 1)."""
+    file of each video (``<truth_dir>/<video>.npz``, row = frame number - 1): the ``columns``."""
     from mambava.data.affwild2 import frame_path
     from mambava.data.oracle import load_truth
     from mambava.features.frames import read_image, split_frames
@@ -67,14 +67,14 @@ def load_frames(index, truth_dir: str | Path, split: str, videos=None, every: in
     pick = np.arange(0, len(frames), max(1, every))
     if max_frames and len(pick) > max_frames:
         pick = pick[np.linspace(0, len(pick) - 1, max_frames).round().astype(int)]
-    drawn = np.empty((len(pick), len(DRAWN)), dtype=np.float32)
+    drawn = np.empty((len(pick), len(columns)), dtype=np.float32)
     truths: dict[int, dict] = {}
     images = np.empty((len(pick), size, size, 3), dtype=np.uint8)
     for j, i in enumerate(pick):
         k = int(video_of[i])
         if k not in truths:
             truths[k] = load_truth(Path(truth_dir) / f"{Path(dirs[k]).name}.npz")
-        drawn[j] = [truths[k][c][frames[i] - 1] for c in DRAWN]
+        drawn[j] = [truths[k][c][frames[i] - 1] for c in columns]
         images[j] = read_image(frame_path(dirs[k], int(frames[i])), size)
     return FrameSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), video_of[pick], drawn, labels[pick])
 
