@@ -325,7 +325,7 @@ def test_ladder_table_layout():
     out = ladder_table(t, "test")
     assert list(out.index) == [("oracle features", "Mamba-VA (TCN + Mamba)"),
                                ("oracle features", "frame only (no TCN, no temporal model)"),
-                               ("MAE features", "frame only (no TCN, no temporal model)"),
+                               ("face-encoder features", "frame only (no TCN, no temporal model)"),
                                ("label ceiling", "latent vs labels")]
     assert list(out.columns) == ["valence [95% CI]", "arousal [95% CI]", "seed s.d. (v / a)"]
     assert out.iloc[0].tolist() == ["0.900 [0.850, 0.950]", "0.700 [0.650, 0.750]", "0.030 / 0.060"]
@@ -336,4 +336,4 @@ def test_ladder_table_layout():
     assert shares.loc["Mamba-VA (TCN + Mamba)", ("valence", "oracle / ceiling")] == round(0.9 / 0.99, 3)
     # real Aff-Wild2: only the MAE rung, so no shares, and no error
     assert ladder_shares(t[t.level == "mae"], "test").shape == (1, 0)
-    assert list(ladder_table(t[t.level == "mae"], "test").index) == [("MAE features", "frame only (no TCN, no temporal model)")]
+    assert list(ladder_table(t[t.level == "mae"], "test").index) == [("face-encoder features", "frame only (no TCN, no temporal model)")]

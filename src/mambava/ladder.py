@@ -5,7 +5,8 @@ Three rungs, valence and arousal separately, for every variant (``mambava.data.o
 - ``ceiling``: the twin's latent state at label time against the labels (annotator noise only);
 - ``oracle``: the temporal models trained and scored like the real run on the parameters the twin
   rendered into each frame (a perfect frame encoder);
-- ``mae``: the same on the MAE features.
+- ``mae``: the same on the features of the pipeline's frame encoder (the pixel path; "face-encoder
+  features" on the pages, the paper's MAE features in the paper profile).
 
 Every number is a mean over the folds' models and their seeds, with a 95% interval from a
 two-level bootstrap (``scipy.stats.bootstrap``, percentile intervals as everywhere in the
@@ -307,7 +308,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
                 continue
             xs = x + (i - 0.5) * 0.38
             ax.bar(xs, p.ccc, 0.36, color=colours[level],
-                   label={"oracle": "oracle features", "mae": "MAE features"}[level])
+                   label={"oracle": "oracle features", "mae": "face-encoder features"}[level])
             # the interval as a line with end marks (a percentile interval need not contain the mean)
             ax.vlines(xs, p.lo, p.hi, color="k", lw=1.2)
             ax.plot(np.r_[xs, xs], np.r_[p.lo, p.hi], "_", color="k", ms=7)

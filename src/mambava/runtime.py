@@ -22,7 +22,7 @@ from torch import nn
 
 from mambava.io import write_torch
 
-LEVELS = ("mae", "oracle")  # the signal ladder's trained rungs: MAE features, the twin's rendered parameters
+LEVELS = ("mae", "oracle")  # the signal ladder's trained rungs: the frame encoder's features (pixel path), the twin's rendered parameters
 
 
 # --------------------------------------------------------------------------- devices and threads

@@ -189,7 +189,7 @@ def pick_videos(per_video: pd.DataFrame, key: str = "p_va") -> dict[str, str]:
 
 
 
-LEVEL_LABELS = {"ceiling": "label ceiling", "oracle": "oracle features", "mae": "MAE features"}
+LEVEL_LABELS = {"ceiling": "label ceiling", "oracle": "oracle features", "mae": "face-encoder features"}  # level key mae: the pixel path (pixels -> frame encoder -> features)
 
 
 
@@ -214,7 +214,7 @@ def _cell(r) -> str:
 
 def ladder_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """One split of the ladder, long enough to read on a page: rows (rung, variant), the oracle
-    rung first, then the MAE rung, then the label ceiling; columns 'CCC [lo, hi]' for valence and
+    rung first, then the face-encoder rung, then the label ceiling; columns 'CCC [lo, hi]' for valence and
     arousal and the seed spread (s.d. over seeds, valence / arousal)."""
     t = table[table.split == split]
     rows, index = [], []
