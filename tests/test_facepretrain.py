@@ -3,7 +3,6 @@ the shipped checkpoint's hash, and the ResNet encoder through the pipeline's loa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +168,73 @@ def test_the_encoders_wiring_lets_every_part_learn(arch):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0], losses[::10]
+
+
+def test_the_shipped_checkpoint_is_the_one_params_yaml_names(repo, monkeypatch):
+    """The file in checkpoints/ has the SHA-256 that params.yaml records (computed here with hashlib,
+    not with the project's helper) and loads into the configured encoder."""
+    import hashlib
+
+    from mambava.config import load_config
+    from mambava.features.pretrain import verified_checkpoint
+
+    cfg = load_config(repo / "params.yaml")
+    path = repo / cfg.mae_pretrain.checkpoint
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == cfg.mae_pretrain.checkpoint_sha256
+    assert path.stat().st_size < 25e6  # the issue's limit for a shipped checkpoint
+    monkeypatch.chdir(repo)
+    assert verified_checkpoint(cfg.mae_pretrain) == cfg.mae_pretrain.checkpoint
+    enc = load_encoder(EncoderSpec.from_config(cfg.mae_pretrain.encoder), path)
+    assert enc(torch.zeros(2, 3, 64, 64)).shape == (2, cfg.model.input_dim)
+
+
+def test_a_corrupted_checkpoint_stops_the_stage_with_one_line(tmp_path, capsys):
+    from mambava.cli import main
+
+    params = _params(tmp_path)
+    (tmp_path / "shipped.safetensors").write_bytes(b"not the shipped bytes")
+    p = yaml.safe_load(params.read_text())
+    p["mae_pretrain"]["checkpoint_sha256"] = "0" * 64
+    params.write_text(yaml.safe_dump(p))
+    assert main(["--params", str(params), "mae-pretrain"]) == 2
+    err = capsys.readouterr().err
+    assert "shipped.safetensors: SHA-256" in err and "Traceback" not in err
+
+
+def test_the_face_probe_stage_on_a_tiny_twin(tmp_path, monkeypatch):
+    """`mambava face-probe` end to end: three rows (random, shipped, fine-tuned), r in [-1, 1], the
+    shipped file's hash checked; on real data (no drawn parameters) it writes why it skipped."""
+    from mambava.data.prepare import prepare
+    from mambava.features.facepretrain import write_safetensors
+    from mambava.features.mae import save_checkpoint
+    from mambava.features.probe import run
+    from mambava.io import file_sha256
+
+    monkeypatch.chdir(tmp_path)
+    enc = {**RESNET, "img_size": 32, "patch_size": 8}
+    params = {"data": {"root": "twin/affwild2", "test_labels": "twin/test_labels", "index": "index.csv",
+                       "synthetic": {"n_videos": 5, "n_pairs": 0, "min_frames": 30, "max_frames": 40, "image_size": 48,
+                                     "workers": 1}},
+              "model": {"input_dim": 16},
+              "mae_pretrain": {"encoder": enc, "steps": 0, "checkpoint": "shipped.safetensors"},
+              "mae_finetune": {"out": "finetune"},
+              "face_pretrain": {"population": {"n_people": 30, "clip_frames": 2, "clip_seconds": 2.0, "image_size": 48}},
+              "face_probe": {"out": "probe"}}
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    cfg = _cfg("params.yaml")
+    prepare(cfg)
+    torch.manual_seed(1)
+    encoder = build_encoder(EncoderSpec.from_config(cfg.mae_pretrain.encoder))
+    write_safetensors({k: v.contiguous() for k, v in encoder.state_dict().items()}, "shipped.safetensors", {})
+    save_checkpoint(encoder.state_dict(), "finetune/checkpoint.pt")
+    params["mae_pretrain"]["checkpoint_sha256"] = file_sha256("shipped.safetensors")
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    out = run(_cfg("params.yaml"), progress=False)
+    assert [r["encoder"].split(" ")[0] for r in out["rows"]] == ["random", "pretrained", "fine-tuned"]
+    assert all(-1 <= r[f"r_{c}"] <= 1 for r in out["rows"] for c in out["targets"])
+    assert out["probe_people"] == 3 and out["study_frames"] > 0
+    # the shipped and the fine-tuned encoder are the same weights here: the same probe
+    assert out["rows"][1]["r_mouth_curve"] == out["rows"][2]["r_mouth_curve"]
+    params["data"]["source"] = "affwild2"
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert "skipped" in run(_cfg("params.yaml"), progress=False)

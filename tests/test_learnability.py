@@ -195,16 +195,20 @@ def test_probe_targets_are_read_by_name_from_the_truth_files(twin):
 
     index, truth = twin
     fs = L.load_frames(index, truth, "validation", size=32, columns=DRAWN)
-    expected = []
-    for row in index[index["split"] == "validation"].itertuples():
+    expected = [[z["mouth_curve"][f - 1], z["brow_tilt"][f - 1], z["eye_open"][f - 1]]
+                for z, f, _ in _labelled_frames(index, truth, "validation")]
+    np.testing.assert_allclose(fs.drawn, np.asarray(expected), atol=1e-6)
+
+
+def _labelled_frames(index, truth, split):
+    """(truth file, frame number, label row) of every labelled on-disk frame of ``split``, read by hand."""
+    for row in index[index["split"] == split].itertuples():
         z = np.load(truth / f"{row.video}.npz")
         lab = np.loadtxt(row.annotation, delimiter=",", skiprows=1, ndmin=2)
         for p in sorted(Path(row.path).glob("*.jpg")):
             f = int(p.stem)
-            if f > row.n_frames or f > len(lab) or (lab[f - 1] == -5).any():
-                continue
-            expected.append([z["mouth_curve"][f - 1], z["brow_tilt"][f - 1], z["eye_open"][f - 1]])
-    np.testing.assert_allclose(fs.drawn, np.asarray(expected), atol=1e-6)
+            if f <= row.n_frames and f <= len(lab) and not (lab[f - 1] == -5).any():
+                yield z, f, lab[f - 1]
 
 
 def test_probe_scores_read_a_planted_linear_target_and_not_noise():

@@ -109,18 +109,12 @@ class Regressor(nn.Module):
 
 def prepare(images: torch.Tensor, size: int, mean, std, gen: torch.Generator | None = None) -> torch.Tensor:
     """uint8 (B, 3, S, S) -> normalised float at ``size`` (antialiased). With ``gen``: the fine-tuning
-    augmentations (colour: channel order, gains 0.6-1.4, grey with p 0.2; horizontal flip p 0.5)."""
+    augmentations (:func:`mambava.features.facepretrain.augment`: colour, then horizontal flips)."""
+    from mambava.features.facepretrain import augment
+
     x = images.float() / 255.0
     if gen is not None:
-        b = len(x)
-        perm = torch.argsort(torch.rand(b, 3, generator=gen), dim=1)
-        x = torch.gather(x, 1, perm[:, :, None, None].expand_as(x))
-        x = x * (0.6 + 0.8 * torch.rand(b, 3, 1, 1, generator=gen))
-        grey = torch.rand(b, generator=gen) < 0.2
-        x[grey] = x[grey].mean(1, keepdim=True).expand(-1, 3, -1, -1)
-        x = x.clamp_(0, 1)
-        flip = torch.rand(b, generator=gen) < 0.5
-        x[flip] = x[flip].flip(-1)
+        x = augment(x, gen)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     m = torch.tensor(mean, dtype=torch.float32)[:, None, None]

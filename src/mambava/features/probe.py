@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mambava.data.population import DRAWN
+from mambava.features.learnability import pearson  # noqa: F401  (re-exported for the probe's users)
 
 
 @torch.inference_mode()
@@ -29,13 +30,6 @@ def frozen_features(encoder: nn.Module, images: torch.Tensor, size: int, mean, s
     out = [encoder(prepare(images[i:i + batch], size, mean, std)).float().numpy() for i in range(0, len(images), batch)]
     encoder.train(was_training)
     return np.concatenate(out)
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, float) - np.mean(a)
-    b = np.asarray(b, float) - np.mean(b)
-    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else 0.0
 
 
 def probe_scores(train_x: np.ndarray, train_y: np.ndarray, groups: np.ndarray, test_x: np.ndarray,
