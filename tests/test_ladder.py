@@ -325,15 +325,15 @@ def test_ladder_table_layout():
     out = ladder_table(t, "test")
     assert list(out.index) == [("oracle features", "Mamba-VA (TCN + Mamba)"),
                                ("oracle features", "frame only (no TCN, no temporal model)"),
-                               ("face-encoder features", "frame only (no TCN, no temporal model)"),
+                               ("face encoder", "frame only (no TCN, no temporal model)"),
                                ("label ceiling", "latent vs labels")]
     assert list(out.columns) == ["valence [95% CI]", "arousal [95% CI]", "seed s.d. (v / a)"]
     assert out.iloc[0].tolist() == ["0.900 [0.850, 0.950]", "0.700 [0.650, 0.750]", "0.030 / 0.060"]
     assert out.iloc[2].tolist() == ["0.100 [0.050, 0.150]", "0.200 [0.150, 0.250]", "0.010 / 0.020"]
     assert out.iloc[3].tolist() == ["0.990 [0.940, 1.040]", "0.980 [0.930, 1.030]", ""]
     shares = ladder_shares(t, "test")
-    assert shares.loc["frame only (no TCN, no temporal model)", ("arousal", "MAE / oracle")] == 0.5
+    assert shares.loc["frame only (no TCN, no temporal model)", ("arousal", "face encoder / oracle")] == 0.5
     assert shares.loc["Mamba-VA (TCN + Mamba)", ("valence", "oracle / ceiling")] == round(0.9 / 0.99, 3)
     # real Aff-Wild2: only the MAE rung, so no shares, and no error
     assert ladder_shares(t[t.level == "mae"], "test").shape == (1, 0)
-    assert list(ladder_table(t[t.level == "mae"], "test").index) == [("face-encoder features", "frame only (no TCN, no temporal model)")]
+    assert list(ladder_table(t[t.level == "mae"], "test").index) == [("face encoder", "frame only (no TCN, no temporal model)")]

@@ -189,7 +189,7 @@ def pick_videos(per_video: pd.DataFrame, key: str = "p_va") -> dict[str, str]:
 
 
 
-LEVEL_LABELS = {"ceiling": "label ceiling", "oracle": "oracle features", "mae": "face-encoder features"}  # level key mae: the pixel path (pixels -> frame encoder -> features)
+LEVEL_LABELS = {"ceiling": "label ceiling", "oracle": "oracle features", "mae": "face encoder"}  # level key mae: the pixel path (pixels -> frame encoder -> features)
 
 
 
@@ -237,7 +237,7 @@ def ladder_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 
 def ladder_shares(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
-    """oracle / ceiling and MAE / oracle per variant and target (point estimates)."""
+    """oracle / ceiling and face encoder / oracle per variant and target (point estimates)."""
     t = table[table.split == split]
     rows = []
     ceil = {r.target: r.ccc for r in t[t.level == "ceiling"].itertuples()}
@@ -249,7 +249,7 @@ def ladder_shares(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
             if len(o) and tg in ceil:
                 row[(tg, "oracle / ceiling")] = round(float(o.iloc[0]) / ceil[tg], 3)
             if len(o) and len(m):
-                row[(tg, "MAE / oracle")] = round(float(m.iloc[0]) / float(o.iloc[0]), 3)
+                row[(tg, "face encoder / oracle")] = round(float(m.iloc[0]) / float(o.iloc[0]), 3)
         rows.append(row)
     out = pd.DataFrame(rows).set_index("variant")
     if len(out.columns):  # (target, share): short headers; none without an oracle rung (real data)
