@@ -49,7 +49,7 @@ def worker(profile: str, threads: int, frames: int) -> dict:
     from mambava.features.mae import EncoderSpec, build_encoder
     from mambava.models import variant_config
     from mambava.models.mamba_va import MambaVA
-    from mambava.predict import Predictor, StreamingVA, _encode_one, stream
+    from mambava.predict import Predictor, StreamingVA, encode_crop, stream
     from mambava.video.crop import crop_stream
 
     cfg = load_config(ROOT / "params.yaml", profile=profile)
@@ -76,11 +76,11 @@ def worker(profile: str, threads: int, frames: int) -> dict:
         crops = [c.crops[0] for c in crop_stream(clip, cfg.crop)]
         out["crop_fps"] = round(len(crops) / (time.perf_counter() - t0), 2)
     crop = next(c for c in crops if c is not None)
-    _encode_one(pred, crop)
+    encode_crop(pred, crop)
     k = max(3, min(30, frames // 2))
     t0 = time.perf_counter()
     for _ in range(k):
-        f = _encode_one(pred, crop)
+        f = encode_crop(pred, crop)
     out["encoder_fps"] = round(k / (time.perf_counter() - t0), 2)
     net = StreamingVA(model)
     x = torch.from_numpy(f.astype(np.float32))

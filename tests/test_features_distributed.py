@@ -87,7 +87,7 @@ def test_killed_rank_is_redone_and_finished_videos_are_not(layout):
 
 @pytest.mark.slow
 def test_two_nodes_with_c10d_rendezvous(layout):
-    """The several-machines command line (README), as two 'nodes' of one process each on this
+    """The several-machines command line (docs/scaling-out.md), as two 'nodes' of one process each on this
     machine meeting at a c10d rendezvous endpoint: same arrays as one process."""
     import socket
 

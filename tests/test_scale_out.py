@@ -117,7 +117,7 @@ def test_dvc_queue_gives_the_metrics_of_dvc_repro(tmp_path):
         assert queued[seed] == repro, f"seed {seed}: queue and repro disagree"
     # seeds do change the result (so that equality above is not vacuous)
     assert queued[1][files_of(1)[0]]["p_va"] != queued[2][files_of(2)[0]]["p_va"]
-    # the comparison commands of the README run on the queue's results
+    # the comparison commands of docs/scaling-out.md run on the queue's results
     names = [e["name"] for b in json.loads(_sh(["dvc", "exp", "show", "--json"], root)) for e in b.get("experiments") or []]
     diff = json.loads(_sh(["dvc", "metrics", "diff", names[0], names[1], "--json"], root))
     assert diff and set(diff) <= set(files_of(1) + files_of(2) + files_of(3))

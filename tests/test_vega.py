@@ -1,7 +1,7 @@
 """Offline `dvc plots show`: the HTML template that `make install` writes (.dvc/vega/template.html,
 src/mambava/vega.py) carries Vega inline, and DVC's renderer with it writes a page that loads no
 script from the network. (That the page draws its plots in Chromium with the network off was
-checked by hand; see docs/pipeline.md.)"""
+checked by hand; see docs/comparing-runs.md.)"""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import pytest
 from mambava.data.windows import (
     Video,
     Windows,
+    fold_summary,
     fold_videos,
     group_of,
     make_folds,
@@ -233,6 +234,21 @@ def test_folds_deterministic_and_seeded(tmp_path):
     write_folds(a, tmp_path / "f" / "folds.csv")
     back = read_folds(tmp_path / "f" / "folds.csv")
     pd.testing.assert_frame_equal(back, a, check_dtype=False)
+
+
+@pytest.mark.parametrize("protocol", ["clean", "paper"])
+def test_fold_summary_counts_the_encoder_videos_and_each_cv_fold(protocol):
+    index = toy_index()
+    folds = make_folds(index, 5, seed=42, protocol=protocol)
+    s = fold_summary(folds)
+    enc = folds[folds.encoder == 1]
+    assert s["n_splits"] == 5 and s["encoder_videos"] == len(enc) > 0
+    assert s["encoder_frames"] == enc.n_frames.sum()
+    assert [k for k in s if k.startswith("fold")] == [f"fold{f}_{x}" for f in range(1, 6) for x in ("videos", "frames")]
+    pool = folds[folds.split != "test"]
+    assert sum(s[f"fold{f}_videos"] for f in range(1, 6)) == (pool.cv_fold > 0).sum()
+    if protocol == "clean":  # the encoder's videos are in no CV fold
+        assert set(enc.video) == set(pool.loc[pool.cv_fold == 0, "video"])
 
 
 def test_folds_errors(tmp_path):

@@ -1,8 +1,9 @@
 """The ``mambava`` command: one subcommand per DVC stage, plus tools.
 
 Every subcommand reads ``params.yaml`` (``--params``) through :mod:`mambava.config`, optionally
-with another profile (``--profile``), and calls library code; nothing here does the work itself.
-Heavy modules are imported inside the handlers so ``mambava --help`` stays instant.
+with another profile (``--profile``), and calls library code (its handler in :mod:`mambava.commands`);
+nothing here does the work itself. Heavy modules are imported inside the handlers so ``mambava
+--help`` stays instant.
 """
 
 from __future__ import annotations
@@ -11,245 +12,27 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 # torch and numba each bring an OpenMP runtime; with the default (active) wait policy their idle
 # threads spin against each other and on a 2-core machine every stage runs 2-10x slower
 # (benchmarks/README.md). Must be set before either library is imported; a user's value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from mambava import commands as c
 from mambava.checks import InputError
-from mambava.config import ConfigError, load_config
+from mambava.config import ConfigError
 from mambava.errors import UserError
+from mambava.variants import VARIANTS
 
 log = logging.getLogger("mambava")
 
 
-def _cfg(args):
-    return load_config(args.params, profile=args.profile)
-
-
-# --------------------------------------------------------------------------- data
-def cmd_data_generate(args) -> int:
-    from mambava.data.prepare import prepare
-
-    prepare(_cfg(args))
-    return 0
-
-
-def cmd_data_validate(args) -> int:
-    from mambava.data.validate import validate_layout
-
-    problems = validate_layout(Path(args.root), test_list=args.test_list)
-    for p in problems:
-        print(p)
-    if problems:
-        print(f"{len(problems)} problem(s) found in {args.root}", file=sys.stderr)
-        return 1
-    print(f"{args.root}: OK")
-    return 0
-
-
-def cmd_data_crop(args) -> int:
-    from mambava.video.crop import run
-
-    cfg = _cfg(args).crop
-    summaries, errors = run(args.videos, args.out, cfg, n_faces=args.faces,
-                            workers=args.workers or cfg.workers, progress=not args.no_progress)
-    for s in summaries:
-        for f in s["faces"]:
-            print(f"{f['video']}: {f['frames']} frames, face in {f['frames_with_face']} "
-                  f"(detected {f['frames_detected']}, tracked {f['frames_tracked']}), {f['frames_per_second']} frames/s")
-    for e in errors:
-        print(f"error: {e}", file=sys.stderr)
-    return 1 if errors else 0
-
-
-# --------------------------------------------------------------------------- model
-def cmd_model_summary(args) -> int:
-    from mambava.models.summary import print_summary
-
-    print_summary(_cfg(args).model)
-    return 0
-
-
-# --------------------------------------------------------------------------- MAE features
-def cmd_mae_pretrain(args) -> int:
-    from mambava.features.pretrain import run
-
-    run(_cfg(args))
-    return 0
-
-
-def cmd_pretrain_faces(args) -> int:
-    from mambava.features.facepretrain import run
-
-    m = run(_cfg(args), ship=args.ship, max_minutes=args.max_minutes)
-    print(f"{'done' if m['done'] else 'stopped'}: step {m['steps_done']} of {m['steps']}"
-          + (f"; sha256 {m['sha256']}" if m.get("sha256") else ""))
-    return 0
-
-
-def cmd_face_probe(args) -> int:
-    from mambava.features.probe import run
-
-    run(_cfg(args))
-    return 0
-
-
-def cmd_mae_finetune(args) -> int:
-    from mambava.features.finetune import run
-
-    run(_cfg(args))
-    return 0
-
-
-def cmd_features(args) -> int:
-    from mambava.features.extract import run
-
-    run(_cfg(args))
-    return 0
-
-
-# --------------------------------------------------------------------------- folds, train, evaluate
-def cmd_folds(args) -> int:
-    from mambava.data.windows import run_folds
-
-    run_folds(_cfg(args))
-    return 0
-
-
-def cmd_oracle(args) -> int:
-    from mambava.data.oracle import run
-
-    run(_cfg(args))
-    return 0
-
-
-def cmd_train(args) -> int:
-    from mambava.train_runs import run_all
-
-    run_all(_cfg(args), args.variant, args.level, folds=args.fold, progress=not args.no_progress)
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from mambava.evaluate import run_all
-
-    run_all(_cfg(args), args.variant, args.level, folds=args.fold)
-    return 0
-
-
-def cmd_leakage(args) -> int:
-    from mambava.leakage import run
-
-    run(_cfg(args))
-    return 0
-
-
-def cmd_ladder(args) -> int:
-    from mambava.ladder import run
-
-    run(_cfg(args))
-    return 0
-
-
-def cmd_plots(args) -> int:
-    from mambava.plots import run
-
-    run(_cfg(args), args.out)
-    return 0
-
-
 def _run_args(p: argparse.ArgumentParser) -> None:
-    from mambava.models import VARIANTS
-
     p.add_argument("--variant", required=True, choices=VARIANTS, help="model variant (ablation)")
     p.add_argument("--level", default="mae", choices=("mae", "oracle"),
                    help="features: mae (the MAE encoder's) or oracle (the twin's rendered parameters)")
     p.add_argument("--fold", type=int, action="append", default=None,
                    help="only this fold (repeatable; 0 = official split, 1..5 = CV folds); default: every fold")
-
-
-# --------------------------------------------------------------------------- own videos
-def _predictor(args):
-    if args.model:
-        from mambava.export import load_bundle
-        from mambava.runtime import resolve_device
-
-        return load_bundle(args.model, resolve_device(_cfg(args).device if Path(args.params).exists() else "auto"))
-    if args.variant is None or args.fold is None:
-        raise SystemExit("error: give --model DIR (a bundle) or --variant and --fold (a run of this pipeline)")
-    from mambava.predict import from_run
-
-    return from_run(_cfg(args), args.variant, args.fold)
-
-
-def cmd_predict(args) -> int:
-    from mambava import predict
-
-    pred = _predictor(args)
-    if args.stream:
-        for src in args.inputs:
-            path = predict.run_stream(pred, src, args.out, n_faces=args.faces, overlay=args.overlay, echo=not args.quiet)
-            print(path)
-        return 0
-    for path in predict.run(pred, args.inputs, args.out, n_faces=args.faces, overlay=args.overlay,
-                            progress=not args.no_progress):
-        print(path)
-    return 0
-
-
-def cmd_export(args) -> int:
-    from mambava.export import export
-
-    out = export(_cfg(args), args.variant, args.fold, args.out)
-    print(f"{out}: bundle written ({', '.join(sorted(p.name for p in out.iterdir()))})")
-    return 0
-
-
-# --------------------------------------------------------------------------- book
-def cmd_book_strip(args) -> int:
-    from mambava.book import strip_notebook
-
-    for path in args.notebooks:
-        strip_notebook(path)
-    return 0
-
-
-def cmd_book_check(args) -> int:
-    from mambava.book import check_book
-
-    problems = check_book(args.html)
-    for p in problems:
-        print(p)
-    if problems:
-        print(f"{len(problems)} problem(s) in the book at {args.html}", file=sys.stderr)
-        return 1
-    print(f"{args.html}: OK")
-    return 0
-
-
-def cmd_book_screenshots(args) -> int:
-    from mambava.book import screenshots
-
-    for png in screenshots(args.html, args.out):
-        print(png)
-    return 0
-
-
-# --------------------------------------------------------------------------- misc
-def cmd_where(args) -> int:
-    """Say where the results of `dvc repro` are."""
-    cfg = _cfg(args)
-    book = Path("book/_build/html/index.html")
-    if book.exists():
-        print(f"The book: {book.resolve()}")
-    print(f"Data index: {Path(cfg.data.index).resolve()}")
-    for extra in ("outputs",):
-        if Path(extra).exists():
-            print(f"Stage outputs: {Path(extra).resolve()}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,56 +41,71 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default=None, help="profile to apply over the defaults (e.g. paper)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_data_commands, _encoder_commands, _study_commands, _video_commands, _report_commands):
+        add(sub)
+    return parser
 
+
+def _data_commands(sub) -> None:
+    """``data prepare | validate | crop`` and ``model summary``."""
     data = sub.add_parser("data", help="the data stage and tools").add_subparsers(dest="data_cmd", required=True)
     p = data.add_parser("prepare", help="DVC stage `data`: generate the twin or index a real copy")
-    p.set_defaults(func=cmd_data_generate)
+    p.set_defaults(func=c.cmd_data_generate)
     p = data.add_parser("validate", help="check a copy in the official Aff-Wild2 layout")
     p.add_argument("--root", required=True, help="folder holding cropped_aligned/ and annotations/")
     p.add_argument("--test-list", default=None,
                    help="test video list to check against the frames (default: test_set_release.txt at the root, if there)")
-    p.set_defaults(func=cmd_data_validate)
+    p.set_defaults(func=c.cmd_data_validate)
     p = data.add_parser("crop", help="raw videos -> aligned face crops in the official layout (ROOT/cropped_aligned/)")
     p.add_argument("--videos", required=True, help="a folder of videos (mp4, avi, mov, mkv) or one video file")
     p.add_argument("--out", required=True, help="ROOT: crops go to ROOT/cropped_aligned/<video>/, logs to ROOT/crop_log/")
     p.add_argument("--faces", type=int, default=1, choices=(1, 2), help="2: <video>_left and <video>_right")
     p.add_argument("--workers", type=int, default=None, help="videos in parallel (default: crop.workers, else all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_data_crop)
+    p.set_defaults(func=c.cmd_data_crop)
 
     model = sub.add_parser("model", help="the temporal model").add_subparsers(dest="model_cmd", required=True)
     p = model.add_parser("summary", help="print the layer table and parameter count of a profile's model")
-    p.set_defaults(func=cmd_model_summary)
+    p.set_defaults(func=c.cmd_model_summary)
 
+
+def _encoder_commands(sub) -> None:
+    """The frame encoder's stages and tools, from pretraining to features."""
     p = sub.add_parser("mae-pretrain", help="DVC stage `mae_pretrain`: masked-autoencoder pretraining (or a local checkpoint)")
-    p.set_defaults(func=cmd_mae_pretrain)
+    p.set_defaults(func=c.cmd_mae_pretrain)
     p = sub.add_parser("pretrain-faces", help="pretrain the face encoder on the population (once, outside dvc repro; resumable)")
     p.add_argument("--ship", action="store_true", help="when done, copy the result to mae_pretrain.checkpoint")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this long (at a saved step); run again to resume")
-    p.set_defaults(func=cmd_pretrain_faces)
+    p.set_defaults(func=c.cmd_pretrain_faces)
     p = sub.add_parser("face-probe", help="DVC stage `face_probe` (twin only): a linear probe of the frozen encoders for the drawn cues")
-    p.set_defaults(func=cmd_face_probe)
+    p.set_defaults(func=c.cmd_face_probe)
     p = sub.add_parser("mae-finetune", help="DVC stage `mae_finetune`: frame-level valence/arousal fine-tuning")
-    p.set_defaults(func=cmd_mae_finetune)
+    p.set_defaults(func=c.cmd_mae_finetune)
     p = sub.add_parser("features", help="DVC stage `features`: per-video CLS features of every frame")
-    p.set_defaults(func=cmd_features)
+    p.set_defaults(func=c.cmd_features)
 
+
+def _study_commands(sub) -> None:
+    """Folds, training, evaluation and the ladder and leakage stages."""
     p = sub.add_parser("folds", help="DVC stage `folds`: fold 0 = official split, folds 1-5 = grouped CV")
-    p.set_defaults(func=cmd_folds)
+    p.set_defaults(func=c.cmd_folds)
     p = sub.add_parser("oracle", help="DVC stage `oracle_features`: the twin's rendered parameters as features")
-    p.set_defaults(func=cmd_oracle)
+    p.set_defaults(func=c.cmd_oracle)
     p = sub.add_parser("train", help="DVC stage `train`: one variant on every fold and seed (finished runs are kept)")
     _run_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=c.cmd_train)
     p = sub.add_parser("evaluate", help="DVC stage `evaluate`: predictions, CCCs, test submission of every run of a variant")
     _run_args(p)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=c.cmd_evaluate)
     p = sub.add_parser("ladder", help="DVC stage `ladder`: label ceiling, oracle and face-encoder features, by variant")
-    p.set_defaults(func=cmd_ladder)
+    p.set_defaults(func=c.cmd_ladder)
     p = sub.add_parser("leakage", help="DVC stage `leakage`: how optimistic the paper's protocol is (randomised)")
-    p.set_defaults(func=cmd_leakage)
+    p.set_defaults(func=c.cmd_leakage)
 
+
+def _video_commands(sub) -> None:
+    """Own videos: ``predict`` and the bundles it reads (``export``)."""
     p = sub.add_parser("predict", help="valence and arousal of your own videos (or cropped folders): CSV, PNG [, MP4]")
     p.add_argument("inputs", nargs="+", metavar="VIDEO",
                    help="video files, cropped folders (00001.jpg ...), or with --stream a camera (/dev/video0, camera:0)")
@@ -320,39 +118,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="one frame at a time (latency one frame); a file or a camera")
     p.add_argument("--quiet", action="store_true", help="with --stream: do not print each frame's values")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=c.cmd_predict)
 
     p = sub.add_parser("export", help="a shareable bundle of a run: safetensors weights, settings, metrics, model card")
-    from mambava.models import VARIANTS
-
     p.add_argument("--variant", required=True, choices=VARIANTS, help="model variant (ablation)")
     p.add_argument("--fold", type=int, required=True, help="0 = official split, 1..5 = CV folds (face-encoder features, primary seed)")
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=c.cmd_export)
 
+
+def _report_commands(sub) -> None:
+    """The plots stage, the book's tools and ``where``."""
     p = sub.add_parser("plots", help="DVC stage `plots`: static PNGs of the training logs, results.csv")
     p.add_argument("--out", default="outputs/plots", help="folder for the images and results.csv")
-    p.set_defaults(func=cmd_plots)
+    p.set_defaults(func=c.cmd_plots)
 
     book = sub.add_parser("book", help="the Jupyter Book: strip, check, screenshots").add_subparsers(
         dest="book_cmd", required=True)
     p = book.add_parser("strip", help="remove volatile metadata from executed notebooks (in place)")
     p.add_argument("notebooks", nargs="+")
-    p.set_defaults(func=cmd_book_strip)
+    p.set_defaults(func=c.cmd_book_strip)
     p = book.add_parser("check", help="check the built HTML: errors, images, tables, network assets")
     p.add_argument("html", nargs="?", default="book/_build/html")
-    p.set_defaults(func=cmd_book_check)
+    p.set_defaults(func=c.cmd_book_check)
     p = book.add_parser("screenshots", help="PNG of every page in headless Chromium (Debian's chromium)")
     p.add_argument("html", nargs="?", default="book/_build/html")
     p.add_argument("--out", default="outputs/book_screenshots")
-    p.set_defaults(func=cmd_book_screenshots)
+    p.set_defaults(func=c.cmd_book_screenshots)
 
     p = sub.add_parser("where", help="print where the results are")
-    p.set_defaults(func=cmd_where)
-    return parser
+    p.set_defaults(func=c.cmd_where)
 
 
-# Stages that run in several processes under torchrun (README, "Scaling out"); the others would
+# Stages that run in several processes under torchrun (docs/scaling-out.md); the others would
 # only do the same work N times.
 DISTRIBUTED_COMMANDS = ("features", "train")
 

@@ -230,8 +230,9 @@ COMPARISONS = (  # (a, b): the ladder's claims about context, on arousal and val
 
 
 def run(cfg) -> dict:
-    """The ``ladder`` stage: outputs/ladder/{ladder.csv, comparisons.csv, ladder.json, ladder.png}."""
-    from mambava.models import VARIANTS
+    """The ``ladder`` stage: outputs/ladder/{ladder.csv, comparisons.csv, ladder.json, ladder.png},
+    and the copy of ladder.png at ``ladder.figure``."""
+    from mambava.variants import VARIANTS
     from mambava.data.affwild2 import load_index
     from mambava.data.oracle import truth_dir
     from mambava.data.windows import fold_videos, read_folds
@@ -257,7 +258,12 @@ def run(cfg) -> dict:
         ceiling = {"test": ceiling_stats(index, td, [test] * len(folds)),
                    "validation": ceiling_stats(index, td, [fvids[f] for f in folds])}
     table, reps = build(levels, VARIANTS, folds, fvids, test, ceiling, n_boot, seed, cfg.evaluate.level)
-    return write(out, table, comparisons(reps, table, cfg.evaluate.level), skipped=why)
+    flat = write(out, table, comparisons(reps, table, cfg.evaluate.level), skipped=why)
+    if cfg.ladder.figure:  # the front page's figure: README and the book's landing page show this copy
+        from mambava.io import write_bytes
+
+        write_bytes(cfg.ladder.figure, (out / "ladder.png").read_bytes())
+    return flat
 
 
 def comparisons(reps: dict, table: pd.DataFrame, level_ci: float = 0.95) -> pd.DataFrame:

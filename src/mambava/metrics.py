@@ -109,7 +109,6 @@ def ccc_loss(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
 # numpy.random.default_rng(seed) as the hand-written loop did). ``method="BCa"`` is one argument
 # away for a split with many videos.
 BOOTSTRAP_METHOD = "percentile"
-STAT_FIELDS = ("n", "sum_x", "sum_y", "sum_xx", "sum_yy", "sum_xy")
 
 
 def per_video_stats(pred, true, groups) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,9 @@ The warm-up is ``LinearLR`` from 1/warmup of the base rate to the base rate over
 ``warmup`` steps (step i, counted from 0, runs at (i + 1)/warmup of it), and ``SequentialLR``
 hands over to the cosine at step ``warmup``, where the cosine starts at the base rate. The
 scheduler's ``state_dict`` (saved in ``last.pt``) resumes the same sequence.
+
+The encoders' optimisers (MAE pretraining, face pretraining, fine-tuning) share
+:func:`param_groups`: AdamW without weight decay on biases, norms, positions and tokens.
 """
 
 from __future__ import annotations
@@ -38,3 +41,13 @@ def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, period: int, mult: in
         return cosine
     linear = LinearLR(opt, start_factor=1.0 / warmup, end_factor=1.0, total_iters=max(1, warmup - 1))
     return SequentialLR(opt, [linear, cosine], milestones=[int(warmup)])
+
+
+def param_groups(params, weight_decay: float):
+    """AdamW groups: no weight decay on biases, norms, positions and tokens (1-D or 3-D tensors)."""
+    decay, no_decay = [], []
+    for name, p in params:
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim != 2 and p.ndim != 4 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

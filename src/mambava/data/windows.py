@@ -289,10 +289,13 @@ def read_folds(path: str | Path) -> pd.DataFrame:
 
 
 def fold_summary(folds: pd.DataFrame) -> dict:
-    """Videos and frames per CV fold, for the stage's metrics file."""
+    """Videos and frames of the encoder's videos and of each CV fold, for the stage's metrics file.
+    (Under the clean protocol the encoder's videos are in no CV fold: they train every fold.)"""
     pool = folds[folds["split"] != "test"]
-    out = {"n_splits": int(pool["cv_fold"].max()), "encoder_videos": int(folds["encoder"].sum())}
-    for f, part in pool.groupby("cv_fold"):
+    encoder = folds[folds["encoder"] == 1]
+    out = {"n_splits": int(pool["cv_fold"].max()), "encoder_videos": int(len(encoder)),
+           "encoder_frames": int(encoder["n_frames"].sum())}
+    for f, part in pool[pool["cv_fold"] > 0].groupby("cv_fold"):
         out[f"fold{f}_videos"] = int(len(part))
         out[f"fold{f}_frames"] = int(part["n_frames"].sum())
     return out

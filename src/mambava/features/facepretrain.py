@@ -169,8 +169,7 @@ def prepare(images: torch.Tensor, size: int, mean, std, gen: torch.Generator | N
 
 
 def _optimiser(model: nn.Module, recipe: Recipe):
-    from mambava.features.pretrain import param_groups
-    from mambava.schedules import warmup_cosine
+    from mambava.schedules import param_groups, warmup_cosine
 
     opt = torch.optim.AdamW(param_groups(model.named_parameters(), recipe.weight_decay), lr=recipe.lr,
                             betas=(0.9, 0.95))

@@ -28,8 +28,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from mambava.features.frames import FrameDataset, load_index, split_frames
 from mambava.features.mae import EncoderSpec, load_encoder, save_checkpoint
 from mambava.features.pretrain import checkpoint_file as pretrain_checkpoint
-from mambava.features.pretrain import param_groups
-from mambava.schedules import warmup_cosine
+from mambava.schedules import param_groups, warmup_cosine
 from mambava.io import write_json, write_timing
 from mambava.runtime import resolve_device
 

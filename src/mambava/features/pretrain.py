@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from mambava.features.frames import FrameDataset, load_index, split_frames
 from mambava.io import atomic_path, write_json, write_timing
 from mambava.runtime import resolve_device
-from mambava.schedules import warmup_cosine
+from mambava.schedules import param_groups, warmup_cosine
 from mambava.features.mae import (
     EncoderSpec,
     MaskedAutoencoder,
@@ -43,18 +43,6 @@ log = logging.getLogger(__name__)
 
 def checkpoint_file(cfg) -> Path:
     return Path(cfg.mae_pretrain.out) / "checkpoint.pt"
-
-
-def param_groups(params, weight_decay: float):
-    """AdamW groups: no weight decay on biases, norms, positions and tokens (1-D or 3-D tensors)."""
-    decay, no_decay = [], []
-    for name, p in params:
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim != 2 and p.ndim != 4 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 
 
 def save_reconstructions(mae: MaskedAutoencoder, imgs: torch.Tensor, mask_ratio: float, mean, std,

@@ -1,2 +1,3 @@
 """From a raw video to face crops: decoding (:mod:`.decode`), detection, eye alignment and
-tracking (:mod:`.faces`), and the ``data crop`` stage (:mod:`.crop`)."""
+tracking (:mod:`.faces`, :mod:`.tracking`), the ``data crop`` stage (:mod:`.crop`), and drawing on
+video (:mod:`.overlay`)."""

@@ -12,8 +12,8 @@ For every video file of a folder (mp4, avi, mov, mkv)::
                                                written last: its presence means "done"
 
 With ``faces=2`` a video gives ``<video>_left`` and ``<video>_right`` (assigned by position when
-first seen, then kept by tracking). How faces are found, aligned, tracked and smoothed:
-:mod:`mambava.video.faces`.
+first seen, then kept by tracking). How faces are found and aligned: :mod:`mambava.video.faces`;
+how they are tracked and smoothed: :mod:`mambava.video.tracking`.
 
 Resumable per video: a video is cropped into ``ROOT/.crop_partial/<video>/`` and renamed into
 ``cropped_aligned/`` when complete; a rerun skips videos whose summary exists and redoes the
@@ -38,7 +38,8 @@ import numpy as np
 from mambava.data.affwild2 import CROPS
 from mambava.io import replace_dir, write_json, write_text
 from mambava.video.decode import Frame, VideoError, frames, is_camera, list_videos, probe
-from mambava.video.faces import FaceTracker, HaarFaces, Observation, crop_face
+from mambava.video.faces import HaarFaces, crop_face
+from mambava.video.tracking import FaceTracker, Observation
 
 log = logging.getLogger("mambava.crop")
 
