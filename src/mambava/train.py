@@ -38,6 +38,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,100 @@ def validate(model: nn.Module, videos: Sequence[Video], device: torch.device, ev
     return ccc_va(np.concatenate(preds), np.concatenate([np.asarray(v.labels) for v in videos]))
 
 
+@dataclass
+class _Run:
+    """What a run carries from step to step, and what ``last.pt`` saves of it."""
+
+    step: int = 0
+    elapsed: float = 0.0
+    best: dict = field(default_factory=lambda: {"score": -math.inf, "step": 0, "ccc_valence": math.nan,
+                                                "ccc_arousal": math.nan, "p_va": math.nan})
+    step_rows: list = field(default_factory=list)
+    eval_rows: list = field(default_factory=list)
+    best_ck: dict | None = None  # the best.pt content so far, also kept in last.pt (DVC deletes best.pt on rerun)
+
+
+def _resume(out: Path, model: nn.Module, opt, sched, fingerprint: str, d: distributed.Dist, total: int) -> _Run:
+    """The run so far from ``out/last.pt`` when its fingerprint matches, else a fresh one (a stale
+    ``last.pt`` and ``best.pt`` are deleted by rank 0)."""
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    run = _Run()
+    ck = torch.load(last_path, map_location="cpu", weights_only=True) if last_path.exists() else None
+    distributed.barrier(d)  # every rank has read last.pt before rank 0 may delete it
+    if ck is not None:
+        if ck.get("format") == CHECKPOINT_FORMAT and ck.get("fingerprint") == fingerprint:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            ranks = ck.get("rng_ranks") or [ck["rng"]]
+            if len(ranks) == d.world_size:
+                _set_rng_state(ranks[d.rank])
+            elif d.rank == 0:
+                _set_rng_state(ck["rng"])
+            run = _Run(int(ck["step"]), float(ck["elapsed"]), dict(ck["best"]), [list(r) for r in ck["steps"]],
+                       [list(r) for r in ck["evals"]], ck.get("best_checkpoint"))
+            if d.is_main:  # rank 0 writes the run folder
+                _restore_outputs(out, run.best_ck)
+            log.info("%s: resuming at step %d of %d", last_path, run.step, total)
+        elif d.is_main:
+            log.warning("%s: from other settings or data; starting afresh", last_path)
+            last_path.unlink()
+    if run.step == 0 and best_path.exists() and d.is_main:
+        best_path.unlink()
+    return run
+
+
+def _train_step(net: nn.Module, model: nn.Module, opt, sched, train_set: Windows, batch: np.ndarray, step: int,
+                tc, device: torch.device, d: distributed.Dist) -> tuple[float, float, float]:
+    """One optimiser step on a global batch of window indices; returns (lr, loss, gradient norm)."""
+    x, y, shares = _local_batch(train_set, batch, d)
+    # features move in their stored dtype (float16 from the feature files) and are cast there
+    x = torch.from_numpy(x).to(device, non_blocking=True).float()
+    y = torch.from_numpy(y).to(device, non_blocking=True)
+    pred = net(x)
+    if d.enabled:  # the global batch's loss: every rank's rows, in one-process order
+        pred, y = distributed.gather_rows(d, pred, shares), distributed.gather_rows(d, y, shares)
+    loss = ccc_loss(pred.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+    check_training_step(step + 1, loss.item(), grad_norm, x, pred)  # NaN/inf: stop, name the cause
+    lr = opt.param_groups[0]["lr"]
+    opt.step()
+    sched.step()
+    return lr, loss.item(), grad_norm
+
+
+def _validate_and_save(run: _Run, model: nn.Module, opt, sched, val_videos, device, eval_cfg, out: Path,
+                       epoch: int, spe: int, rng: list, fingerprint: str, extra_best: dict | None,
+                       live: RunLog, t0: float, d: distributed.Dist) -> None:
+    """Rank 0's validation: score the validation videos, keep ``best.pt`` when the score is the
+    best so far, log the row, and write the whole state to ``last.pt``."""
+    try:
+        r = validate(model, val_videos, device, eval_cfg)
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"training stopped at step {run.step}: validation: {exc}") from None
+    run.eval_rows.append([run.step, round(run.step / spe, 4), r["ccc_valence"], r["ccc_arousal"], r["p_va"]])
+    score = r["ccc_valence"] + r["ccc_arousal"]
+    if score > run.best["score"]:
+        run.best = {"score": score, "step": run.step, **r}
+        run.best_ck = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                       "step": run.step, **(extra_best or {}), "metrics": {k: float(v) for k, v in r.items()}}
+        atomic_torch_save(run.best_ck, out / "best.pt")
+    run.elapsed = time.perf_counter() - t0
+    live.log_validation(run.eval_rows[-1])
+    atomic_torch_save(
+        {
+            "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "step": run.step,
+            "epoch": epoch, "elapsed": run.elapsed, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng[0],
+            **({"rng_ranks": rng} if d.enabled else {}),
+            "best": run.best, "steps": run.step_rows, "evals": run.eval_rows, "best_checkpoint": run.best_ck,
+        },
+        out / "last.pt",
+    )
+
+
 def fit(
     model: nn.Module,
     train_set: Windows,
@@ -158,8 +253,7 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    tc = train_cfg
-    out = Path(out_dir)
+    tc, d, out = train_cfg, ddp, Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if len(train_set) == 0:
         raise ValueError("no training windows (videos shorter than a window with last_window: drop?)")
@@ -168,121 +262,56 @@ def fit(
     total = tc.epochs * spe
     points = eval_points(spe, tc.evals_per_epoch)
     opt = torch.optim.AdamW(optimizer_groups(model, tc.weight_decay), lr=tc.lr)
-    warm, period = tc.warmup_epochs * spe, tc.restart_epochs * spe
-    sched = warmup_cosine(opt, warm, period, tc.restart_mult, eta_min=tc.min_lr)
-
-    step, elapsed = 0, 0.0
-    best = {"score": -math.inf, "step": 0, "ccc_valence": math.nan, "ccc_arousal": math.nan, "p_va": math.nan}
-    step_rows: list[list] = []
-    eval_rows: list[list] = []
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    best_ck = None  # the best.pt content so far, also kept in last.pt (DVC deletes best.pt on rerun)
-    d = ddp
+    sched = warmup_cosine(opt, tc.warmup_epochs * spe, tc.restart_epochs * spe, tc.restart_mult, eta_min=tc.min_lr)
     _seed_rank(tc.seed, d)
-    ck = torch.load(last_path, map_location="cpu", weights_only=True) if last_path.exists() else None
-    distributed.barrier(d)  # every rank has read last.pt before rank 0 may delete it
-    if ck is not None:
-        if ck.get("format") == CHECKPOINT_FORMAT and ck.get("fingerprint") == fingerprint:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            ranks = ck.get("rng_ranks") or [ck["rng"]]
-            if len(ranks) == d.world_size:
-                _set_rng_state(ranks[d.rank])
-            elif d.rank == 0:
-                _set_rng_state(ck["rng"])
-            step, elapsed, best = int(ck["step"]), float(ck["elapsed"]), dict(ck["best"])
-            step_rows, eval_rows = [list(r) for r in ck["steps"]], [list(r) for r in ck["evals"]]
-            best_ck = ck.get("best_checkpoint")
-            if d.is_main:  # rank 0 writes the run folder
-                _restore_outputs(out, best_ck)
-            log.info("%s: resuming at step %d of %d", last_path, step, total)
-        elif d.is_main:
-            log.warning("%s: from other settings or data; starting afresh", last_path)
-            last_path.unlink()
-    if step == 0 and best_path.exists() and d.is_main:
-        best_path.unlink()
-    live = RunLog(out, spe, step_rows, eval_rows, enabled=d.is_main)  # DVCLive: afresh, or the rows so far
+    run = _resume(out, model, opt, sched, fingerprint, d, total)
+    live = RunLog(out, spe, run.step_rows, run.eval_rows, enabled=d.is_main)  # DVCLive: afresh, or the rows so far
     distributed.barrier(d)  # nobody reads or writes the run folder before rank 0 has cleaned it
     net = distributed.wrap_ddp(model, d, device)
 
     model.train()
-    bar = tqdm(total=total, initial=step, desc=out.as_posix(), unit="step", disable=not (progress and d.is_main),
-               leave=False)
-    t0 = time.perf_counter() - elapsed
-    while step < total:
-        epoch, k = divmod(step, spe)
-        order = epoch_order(tc.seed, epoch, len(train_set))
-        x, y, shares = _local_batch(train_set, order[k * tc.batch_size : (k + 1) * tc.batch_size], d)
-        # features move in their stored dtype (float16 from the feature files) and are cast there
-        x = torch.from_numpy(x).to(device, non_blocking=True).float()
-        y = torch.from_numpy(y).to(device, non_blocking=True)
-        pred = net(x)
-        if d.enabled:  # the global batch's loss: every rank's rows, in one-process order
-            pred, y = distributed.gather_rows(d, pred, shares), distributed.gather_rows(d, y, shares)
-        loss = ccc_loss(pred.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
-        check_training_step(step + 1, loss.item(), grad_norm, x, pred)  # NaN/inf: stop, name the cause
-        lr = opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
-        step += 1
-        loss_value = loss.item()
-        step_rows.append([step, round(step / spe, 4), lr, loss_value, grad_norm])
-        live.log_step(step, lr, loss_value, grad_norm)
+    bar = tqdm(total=total, initial=run.step, desc=out.as_posix(), unit="step",
+               disable=not (progress and d.is_main), leave=False)
+    t0 = time.perf_counter() - run.elapsed
+    while run.step < total:
+        epoch, k = divmod(run.step, spe)
+        batch = epoch_order(tc.seed, epoch, len(train_set))[k * tc.batch_size : (k + 1) * tc.batch_size]
+        lr, loss, grad_norm = _train_step(net, model, opt, sched, train_set, batch, run.step, tc, device, d)
+        run.step += 1
+        run.step_rows.append([run.step, round(run.step / spe, 4), lr, loss, grad_norm])
+        live.log_step(run.step, lr, loss, grad_norm)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}", best=f"{best['score']:.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}", best=f"{run.best['score']:.3f}")
         if (k + 1) in points:
             rng = distributed.gather(d, _rng_state())  # every rank's, for a resume on as many ranks
-        if (k + 1) in points and d.is_main:
-            try:
-                r = validate(model, val_videos, device, eval_cfg)
-            except NonFiniteError as exc:
-                raise NonFiniteError(f"training stopped at step {step}: validation: {exc}") from None
-            eval_rows.append([step, round(step / spe, 4), r["ccc_valence"], r["ccc_arousal"], r["p_va"]])
-            score = r["ccc_valence"] + r["ccc_arousal"]
-            if score > best["score"]:
-                best = {"score": score, "step": step, **r}
-                best_ck = {"model": {k2: v.detach().clone() for k2, v in model.state_dict().items()},
-                           "step": step, **(extra_best or {}), "metrics": {k2: float(v) for k2, v in r.items()}}
-                atomic_torch_save(best_ck, best_path)
-            elapsed = time.perf_counter() - t0
-            live.log_validation(eval_rows[-1])
-            atomic_torch_save(
-                {
-                    "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "step": step,
-                    "epoch": epoch, "elapsed": elapsed, "model": model.state_dict(),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng[0],
-                    **({"rng_ranks": rng} if d.enabled else {}),
-                    "best": best, "steps": step_rows, "evals": eval_rows, "best_checkpoint": best_ck,
-                },
-                last_path,
-            )
-        if (k + 1) in points:
+            if d.is_main:
+                _validate_and_save(run, model, opt, sched, val_videos, device, eval_cfg, out, epoch, spe, rng,
+                                   fingerprint, extra_best, live, t0, d)
             distributed.barrier(d)  # the others wait for rank 0's validation and checkpoint
-        pause_point(step)  # test hook (MAMBAVA_TEST_PAUSE): wait here to be killed
-        if interrupt_at is not None and step == interrupt_at:
+        pause_point(run.step)  # test hook (MAMBAVA_TEST_PAUSE): wait here to be killed
+        if interrupt_at is not None and run.step == interrupt_at:
             bar.close()
-            raise Interrupted(f"interrupted after step {step}")
+            raise Interrupted(f"interrupted after step {run.step}")
     bar.close()
-    elapsed = time.perf_counter() - t0
-    best, elapsed = distributed.broadcast(d, (best, elapsed))  # rank 0 validated
+    best, elapsed = distributed.broadcast(d, (run.best, time.perf_counter() - t0))  # rank 0 validated
     live.end()
     if d.is_main:
-        last_path.unlink(missing_ok=True)
+        (out / "last.pt").unlink(missing_ok=True)
+    return _summary(best, elapsed, tc.epochs, total, spe, run.step_rows)
+
+
+def _summary(best: dict, elapsed: float, epochs: int, total: int, spe: int, step_rows: list) -> dict:
     return {
         "best_step": int(best["step"]),
         "best_epoch": round(best["step"] / spe, 4),
         "ccc_valence": float(best["ccc_valence"]),
         "ccc_arousal": float(best["ccc_arousal"]),
         "p_va": float(best["p_va"]),
-        "epochs": tc.epochs,
+        "epochs": epochs,
         "steps": total,
         "steps_per_epoch": spe,
         "seconds": round(elapsed, 2),
-        "seconds_per_epoch": round(elapsed / tc.epochs, 3),
+        "seconds_per_epoch": round(elapsed / epochs, 3),
         "final_loss": float(step_rows[-1][3]),
     }
 

@@ -60,27 +60,15 @@ def code_digest() -> dict[str, str]:
     return content_digest(files)
 
 
-def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = None, progress: bool = True,
-        interrupt_at: int | None = None, cache: dict | None = None) -> dict:
-    """Train one (level, variant, fold, seed) (``seed`` None: the primary seed) and write its folder.
-
-    A folder whose ``train_metrics.json`` carries the same fingerprint (settings, videos and the
-    content of their features and labels) is finished: it is not trained again. ``cache`` lets a
-    caller that trains several runs share the loaded videos and their hashes.
-    """
+def _fold_data(cfg, fold: int, feats_dir: Path, cache: dict) -> tuple:
+    """(train names, validation names, train videos, validation videos, data hash) of a fold,
+    loaded once per ``cache``; the hash covers the content of every input file (re-extracted
+    features of the same shape are other data)."""
     from mambava.data.affwild2 import load_index
     from mambava.data.windows import fold_videos, read_folds
     from mambava.features.store import feature_path
-    from mambava.inference import load_videos, scan_backend
-    from mambava.models import build_model, variant_config
+    from mambava.inference import load_videos
 
-    tc = cfg.train
-    seed = tc.seed if seed is None else seed
-    tc = tc.model_copy(update={"seed": seed})
-    set_threads(tc.threads)
-    ddp, device = distributed.setup(resolve_device(cfg.device))  # torchrun: this rank's place and device
-    feats_dir = level_features(cfg, level)
-    cache = {} if cache is None else cache
     key = ("fold", fold)
     if key not in cache:
         index = load_index(cfg.data.index)
@@ -88,7 +76,6 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
         if not train_names or not val_names:
             raise ValueError(f"{cfg.folds.file}: fold {fold} has {len(train_names)} train and {len(val_names)} validation videos")
         rows = index.set_index("video")
-        # the content of every input file (re-extracted features of the same shape are other data)
         data_hash = {
             "features": content_digest(feature_path(feats_dir, v) for v in train_names + val_names),
             "annotations": content_digest(a for a in rows.loc[train_names + val_names, "annotation"]
@@ -98,25 +85,50 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
         }
         cache[key] = (train_names, val_names, load_videos(index, train_names, feats_dir),
                       load_videos(index, val_names, feats_dir), data_hash)
-    train_names, val_names, train_videos, val_videos, data_hash = cache[key]
-    dim = train_videos[0].features.shape[1]
+    return cache[key]
+
+
+def _model_config(cfg, variant: str, level: str, dim: int, first_file: Path):
+    """The variant's model settings for features of width ``dim`` (the oracle store has its own)."""
+    from mambava.models import variant_config
+
     mcfg = variant_config(cfg.model, variant)
-    if level != "mae":  # the oracle store has its own width
+    if level != "mae":
         mcfg = mcfg.model_copy(update={"input_dim": dim})
     if dim != mcfg.input_dim:
-        raise ValueError(
-            f"{feature_path(feats_dir, train_names[0])}: features are {dim}-d but model.input_dim is "
-            f"{mcfg.input_dim} (set model.input_dim to the encoder's embed_dim)"
-        )
+        raise ValueError(f"{first_file}: features are {dim}-d but model.input_dim is "
+                         f"{mcfg.input_dim} (set model.input_dim to the encoder's embed_dim)")
+    return mcfg
+
+
+def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = None, progress: bool = True,
+        interrupt_at: int | None = None, cache: dict | None = None) -> dict:
+    """Train one (level, variant, fold, seed) (``seed`` None: the primary seed) and write its folder.
+
+    A folder whose ``train_metrics.json`` carries the same fingerprint (settings, videos and the
+    content of their features and labels) is finished: it is not trained again. ``cache`` lets a
+    caller that trains several runs share the loaded videos and their hashes.
+    """
+    from mambava.features.store import feature_path
+    from mambava.inference import scan_backend
+    from mambava.models import build_model
+
+    seed = cfg.train.seed if seed is None else seed
+    tc = cfg.train.model_copy(update={"seed": seed})
+    set_threads(tc.threads)
+    ddp, device = distributed.setup(resolve_device(cfg.device))  # torchrun: this rank's place and device
+    feats_dir = level_features(cfg, level)
+    train_names, val_names, train_videos, val_videos, data_hash = _fold_data(
+        cfg, fold, feats_dir, {} if cache is None else cache)
+    mcfg = _model_config(cfg, variant, level, train_videos[0].features.shape[1], feature_path(feats_dir, train_names[0]))
     w, s = (tc.window_fold0, tc.stride_fold0) if fold == 0 else (tc.window, tc.stride)
     out = train_dir(cfg, level, variant, fold, seed)
-    parts = {
+    fingerprint = fingerprint_of({
         "train": tc.model_dump(exclude={"threads", "out", "seeds", "workers"}), "model": mcfg.model_dump(),
         "evaluate": cfg.evaluate.model_dump(include={"inference", "window", "stride"}),
         "level": level, "variant": variant, "fold": fold, "train_videos": train_names, "val_videos": val_names,
         "data": data_hash,
-    }
-    fingerprint = fingerprint_of(parts)
+    })
     done = out / "train_metrics.json"
     if done.exists() and (out / "best.pt").exists():
         prev = json.loads(done.read_text())
@@ -135,35 +147,28 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
     )
     done.unlink(missing_ok=True)
     summary = fit(
-        model, train_set, val_videos, tc, cfg.evaluate, device, out,
-        fingerprint=fingerprint,
+        model, train_set, val_videos, tc, cfg.evaluate, device, out, fingerprint=fingerprint,
         extra_best={"model_cfg": mcfg.model_dump(), "variant": variant, "fold": fold, "level": level, "seed": seed},
         progress=progress, interrupt_at=interrupt_at, ddp=ddp,
     )
     metrics = {
-        **summary,
-        "level": level,
-        "variant": variant,
-        "fold": fold,
-        "n_params": n_params,
-        "n_train_videos": len(train_names),
-        "n_val_videos": len(val_names),
-        "n_train_windows": len(train_set),
-        "window": w,
-        "stride": s,
-        "fingerprint": fingerprint,
-        **environment(device, backend, seed),
+        **summary, "level": level, "variant": variant, "fold": fold, "n_params": n_params,
+        "n_train_videos": len(train_names), "n_val_videos": len(val_names), "n_train_windows": len(train_set),
+        "window": w, "stride": s, "fingerprint": fingerprint, **environment(device, backend, seed),
         **({"world_size": ddp.world_size, "dist_backend": ddp.backend} if ddp.enabled else {}),
     }
-    # measured, not computed: beside the metrics in a file DVC does not hash (mambava.io)
+    return _write_run(out, metrics, ddp.is_main)
+
+
+def _write_run(out: Path, metrics: dict, is_main: bool) -> dict:
+    """Write ``train_metrics.json`` and, beside it in a file DVC does not hash (:mod:`mambava.io`),
+    the measured time and memory; returns both together."""
     timing = {**{k: metrics.pop(k) for k in ("seconds", "seconds_per_epoch")}, **peak_memory()}
-    if ddp.is_main:
-        write_json(done, metrics)
+    if is_main:
+        write_json(out / "train_metrics.json", metrics)
         write_timing(out, "train", timing)
-        log.info(
-            "%s: best CCC_v %.4f CCC_a %.4f at step %d; %.1f s", out, metrics["ccc_valence"],
-            metrics["ccc_arousal"], metrics["best_step"], timing["seconds"],
-        )
+        log.info("%s: best CCC_v %.4f CCC_a %.4f at step %d; %.1f s", out, metrics["ccc_valence"],
+                 metrics["ccc_arousal"], metrics["best_step"], timing["seconds"])
     return {**metrics, **timing}
 
 
@@ -179,7 +184,8 @@ def _train_job(args) -> dict:
 def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None = None, progress: bool = True) -> dict:
     """The ``train`` stage of one (level, variant): every fold and seed in this process (one start-up
     instead of one per run; finished runs are kept, see :func:`run`). Writes the summary
-    ``<train.out>/<level>/<variant>.json`` (best validation CCCs per fold and seed) and returns it."""
+    ``<train.out>/<level>/<variant>.json`` (best validation CCCs per fold and seed, and the DVCLive
+    summary of the primary run: fold 0, primary seed) and returns it."""
     from mambava.data.windows import read_folds
 
     root = Path(cfg.train.out) / level
@@ -200,6 +206,9 @@ def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None =
     runs = {f"fold{f}/seed{s}": {k: m[k] for k in ("ccc_valence", "ccc_arousal", "p_va", "best_step")}
             for (f, s), m in zip(jobs, results)}
     results = {"level": level, "variant": variant, "runs": runs}
+    primary = train_dir(cfg, level, variant, 0, cfg.train.seed) / "dvclive" / "metrics.json"
+    if primary.exists():  # the primary run's DVCLive summary, so that the committed summary carries it
+        results["dvclive"] = json.loads(primary.read_text())
     if distributed.from_env()[0] == 0:
         write_json(summary_path, results)
     return results

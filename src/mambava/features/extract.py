@@ -79,6 +79,79 @@ class _VideoChunks:
         return len(self.batches)
 
 
+def _worklist(index, rows: list[int]) -> tuple[list[tuple], int]:
+    """(video, folder, n_frames, frame numbers on disk up to n_frames) for the given rows of the
+    index, and how many frame images lie beyond their video's n_frames (ignored)."""
+    todo, n_beyond = [], 0
+    for row in index.iloc[rows].itertuples(index=False):
+        n = int(row.n_frames)
+        on_disk = frames_on_disk(row.path)
+        n_beyond += int((on_disk > n).sum())
+        todo.append((row.video, row.path, n, on_disk[on_disk <= n]))
+    if n_beyond:
+        log.info("ignoring %d frame images beyond their video's n_frames", n_beyond)
+    return todo, n_beyond
+
+
+def _frame_loader(todo: list[tuple], img_size: int, mean, std, batch_size: int, num_workers: int,
+                  device: torch.device) -> tuple[FrameDataset, DataLoader]:
+    """Every present frame of ``todo`` in order, in batches that never span two videos; uint8
+    images out of the workers (normalised on the device)."""
+    frames = [present for *_, present in todo]
+    video_of = [np.full(len(present), k, dtype=np.int64) for k, present in enumerate(frames)]
+    ends = np.cumsum([len(p) for p in frames]).tolist()
+    bounds = list(zip([0, *ends[:-1]], ends))
+    ds = FrameDataset(
+        [path for _, path, _, _ in todo], np.concatenate(frames) if frames else np.zeros(0, np.int64),
+        np.concatenate(video_of) if video_of else np.zeros(0, np.int64), img_size, mean, std, raw=True,
+    )
+    loader = DataLoader(ds, batch_sampler=_VideoChunks(bounds, batch_size), num_workers=num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    return ds, loader
+
+
+class _VideoWriter:
+    """Writes each video's feature and mask files in the order of ``todo`` (a video with no face
+    image gets zeros of the encoder's width, in its turn)."""
+
+    def __init__(self, todo: list[tuple], out_dir: Path, dim: int | None, encoder, img_size: int, device, kill_after: int):
+        self.todo, self.out_dir, self.dim = todo, out_dir, dim
+        self.encoder, self.img_size, self.device, self.kill_after = encoder, img_size, device, kill_after
+        self.written = 0
+        self.next_k = 0  # the first video not written yet
+
+    def write(self, k: int, feats: np.ndarray | None) -> None:
+        video, _, n, present = self.todo[k]
+        if feats is None:  # no face image at all
+            if self.dim is None:
+                self.dim = _probe_dim(self.encoder, self.img_size, self.device)
+            full = np.zeros((n, self.dim), dtype=np.float16)
+        else:
+            self.dim = feats.shape[1]
+            full = np.zeros((n, self.dim), dtype=np.float16)
+            full[present - 1] = feats.astype(np.float16)
+        mask = np.zeros(n, dtype=bool)
+        mask[present - 1] = True
+        full = fill_missing(full, mask)
+        save_array(mask_path(self.out_dir, video), mask)
+        save_array(feature_path(self.out_dir, video), full, kill=self.written == self.kill_after)
+        self.written += 1
+
+    def empty_until(self, k_stop: int) -> None:
+        """Write the videos without frames before ``k_stop`` (they produce no batches)."""
+        while self.next_k < k_stop:
+            if len(self.todo[self.next_k][3]) == 0:
+                self.write(self.next_k, None)
+            self.next_k += 1
+
+
+def _kill_after(ddp: distributed.Dist) -> int:
+    """The test hook: the number of videos after which this rank dies (-1: never)."""
+    if os.environ.get(KILL_RANK_ENV, str(ddp.rank)) != str(ddp.rank):
+        return -1
+    return int(os.environ.get(KILL_AFTER_ENV, "-1"))
+
+
 def extract_features(
     index,
     encoder: nn.Module,
@@ -111,79 +184,20 @@ def extract_features(
         prepare_dir(out_dir, fingerprint)
         plan = _plan(index, out_dir, ddp.world_size)
     dim, skipped, shards = distributed.broadcast(ddp, plan)
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
-    if os.environ.get(KILL_RANK_ENV, str(ddp.rank)) != str(ddp.rank):
-        kill_after = -1
     skipped = skipped if ddp.is_main else 0
-
-    todo = []
-    n_beyond = 0
-    for row in index.iloc[shards[ddp.rank]].itertuples(index=False):
-        n = int(row.n_frames)
-        on_disk = frames_on_disk(row.path)
-        n_beyond += int((on_disk > n).sum())
-        todo.append((row.video, row.path, n, on_disk[on_disk <= n]))
-    if n_beyond:
-        log.info("ignoring %d frame images beyond their video's n_frames", n_beyond)
-
-    dirs, frames, video_of, bounds = [], [], [], []
-    start = 0
-    for k, (_, path, _, present) in enumerate(todo):
-        dirs.append(path)
-        frames.append(present)
-        video_of.append(np.full(len(present), k, dtype=np.int64))
-        bounds.append((start, start + len(present)))
-        start += len(present)
-    total = start
-    ds = FrameDataset(
-        dirs, np.concatenate(frames) if frames else np.zeros(0, np.int64),
-        np.concatenate(video_of) if video_of else np.zeros(0, np.int64), img_size, mean, std, raw=True,
-    )  # uint8 images out of the workers; normalised on the device
-    loader = DataLoader(
-        ds, batch_sampler=_VideoChunks(bounds, batch_size), num_workers=num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=False,
-    )
+    todo, n_beyond = _worklist(index, shards[ddp.rank])
+    ds, loader = _frame_loader(todo, img_size, mean, std, batch_size, num_workers, device)
     encoder = encoder.to(device).eval()
     autocast = precision == "bf16" and device.type == "cuda"
-
-    written = 0
+    writer = _VideoWriter(todo, out_dir, dim, encoder, img_size, device, _kill_after(ddp))
     frames_done = 0
-    bar = tqdm(total=total, unit="frame", desc="features" + (f" rank {ddp.rank}" if ddp.enabled else ""),
+    bar = tqdm(total=len(ds), unit="frame", desc="features" + (f" rank {ddp.rank}" if ddp.enabled else ""),
                disable=not progress, position=ddp.local_rank, smoothing=0.1)
-
-    def write(k: int, feats: np.ndarray | None) -> None:
-        nonlocal written, dim
-        video, _, n, present = todo[k]
-        if feats is None:  # no face image at all
-            if dim is None:
-                dim = _probe_dim(encoder, img_size, device)
-            full = np.zeros((n, dim), dtype=np.float16)
-        else:
-            dim = feats.shape[1]
-            full = np.zeros((n, dim), dtype=np.float16)
-            full[present - 1] = feats.astype(np.float16)
-        mask = np.zeros(n, dtype=bool)
-        mask[present - 1] = True
-        full = fill_missing(full, mask)
-        save_array(mask_path(out_dir, video), mask)
-        save_array(feature_path(out_dir, video), full, kill=written == kill_after)
-        written += 1
-
-    pending = {}  # video k -> list of (start offset, features)
-    # videos with no frames produce no batches: write them in their turn
-    next_k = 0
-
-    def flush_empty_until(k_stop: int) -> None:
-        nonlocal next_k
-        while next_k < k_stop:
-            if len(todo[next_k][3]) == 0:
-                write(next_k, None)
-            next_k += 1
-
+    pending = {}  # video k -> its features so far
     with torch.inference_mode():
         for images, idx in loader:
             k = int(ds.video_of[int(idx[0])])
-            flush_empty_until(k)
+            writer.empty_until(k)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = encoder(normalise(images.to(device, non_blocking=True), mean, std))
             # kept on the device until the video is complete: no host sync per batch, so the
@@ -192,35 +206,32 @@ def extract_features(
             frames_done += len(idx)
             bar.update(len(idx))
             if sum(len(a) for a in pending[k]) == len(todo[k][3]):
-                write(k, torch.cat(pending.pop(k)).cpu().numpy())
-                next_k = k + 1
-                bar.set_postfix(videos=f"{written + skipped}/{len(index)}")
-        flush_empty_until(len(todo))
+                writer.write(k, torch.cat(pending.pop(k)).cpu().numpy())
+                writer.next_k = k + 1
+                bar.set_postfix(videos=f"{writer.written + skipped}/{len(index)}")
+        writer.empty_until(len(todo))
     bar.close()
     seconds = time.perf_counter() - t0
     summary = _summary(ddp, {
-        "videos": int(len(index)),
-        "videos_written": written,
-        "videos_skipped": skipped,
-        "frames_encoded": frames_done,
-        "frames_beyond_n_frames_ignored": n_beyond,
-        "dim": dim,
-        "seconds": round(seconds, 3),
-        "frames_per_second": round(frames_done / seconds, 1) if seconds > 0 else None,
-        "device": str(device),
-        "precision": precision if autocast else "fp32",
-        "batch_size": batch_size,
+        "videos": int(len(index)), "videos_written": writer.written, "videos_skipped": skipped,
+        "frames_encoded": frames_done, "frames_beyond_n_frames_ignored": n_beyond, "dim": writer.dim,
+        "seconds": round(seconds, 3), "frames_per_second": round(frames_done / seconds, 1) if seconds > 0 else None,
+        "device": str(device), "precision": precision if autocast else "fp32", "batch_size": batch_size,
         "num_workers": num_workers,
     })
     if ddp.is_main:
-        # what the arrays are in the summary (an output); what this run did and how fast aside
-        run_keys = ("videos_written", "videos_skipped", "frames_encoded", "seconds", "frames_per_second",
-                    "num_workers", "ranks")
-        write_text(out_dir / SUMMARY, json.dumps({k: v for k, v in summary.items() if k not in run_keys}, indent=2))
-        write_timing(out_dir, "features", {k: summary[k] for k in run_keys if k in summary})
+        _write_summary(out_dir, summary)
     log.info("features: %d videos written, %d already done, %d frames at %.1f frames/s",
-             written, skipped, frames_done, summary["frames_per_second"] or 0)
+             writer.written, skipped, frames_done, summary["frames_per_second"] or 0)
     return summary
+
+
+def _write_summary(out_dir: Path, summary: dict) -> None:
+    """What the arrays are in the summary (an output); what this run did and how fast aside."""
+    run_keys = ("videos_written", "videos_skipped", "frames_encoded", "seconds", "frames_per_second",
+                "num_workers", "ranks")
+    write_text(out_dir / SUMMARY, json.dumps({k: v for k, v in summary.items() if k not in run_keys}, indent=2))
+    write_timing(out_dir, "features", {k: summary[k] for k in run_keys if k in summary})
 
 
 def _plan(index, out_dir: Path, world: int) -> tuple[int | None, int, list[list[int]]]:

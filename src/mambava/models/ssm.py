@@ -513,6 +513,93 @@ def _scan_fwd(counter, w, tlen, length, u, dl, z, bm, cm, y, lay, A, Dv, bias, h
 
 
 @njit(fastmath=True, cache=True, error_model="numpy")
+def _chunk_states(ut, dtt, bt, At, tv, hs, decay):
+    """A chunk's states hs[t + 1] = h_t from hs[0] (the state entering it), and the decays exp(dt_t A)."""
+    nstate, w = hs.shape[1], hs.shape[2]
+    for t in range(tv):
+        ur = ut[t]
+        dr = dtt[t]
+        for n in range(nstate):
+            bn = bt[t, n]
+            ar = At[n]
+            hp = hs[t, n]
+            hc = hs[t + 1, n]
+            ec = decay[t, n]
+            for j in range(w):
+                e = _exp(dr[j] * ar[j])
+                ec[j] = e
+                hc[j] = e * hp[j] + dr[j] * ur[j] * bn
+
+
+@njit(fastmath=True, cache=True, error_model="numpy")
+def _bwd_step(t, t0, b, k, ut, dtt, gt, zt, bt, ct, spt, At, dk, hs, decay, has_z, gy, gh, dA_acc, dD_acc,
+              dbias_acc, dut, ddt, dzt, dB_p, dC_p):
+    """Backward through time step t of a chunk starting at t0: dL/du, dL/d delta, dL/dz at t, the
+    B and C gradients at t, the A, D and bias gradients accumulated, dL/dh carried to t - 1 in gh."""
+    nstate, w = gh.shape
+    one = gh.dtype.type(1)
+    zero = gh.dtype.type(0)
+    ur = ut[t]
+    dr = dtt[t]
+    gr = gt[t]
+    dur = dut[t]
+    ddr = ddt[t]
+    if has_z:
+        # y before the gate, from the recomputed state.
+        for j in range(w):
+            gy[j] = dk[j] * ur[j]
+        for n in range(nstate):
+            cn = ct[t, n]
+            hc = hs[t + 1, n]
+            for j in range(w):
+                gy[j] += hc[j] * cn
+        zr = zt[t]
+        dzr = dzt[t]
+        for j in range(w):
+            sig = one / (one + _exp(-zr[j]))
+            dzr[j] = gr[j] * gy[j] * sig * (one + zr[j] * (one - sig))
+            gy[j] = gr[j] * zr[j] * sig
+    else:
+        for j in range(w):
+            gy[j] = gr[j]
+    for j in range(w):
+        dD_acc[j] += gy[j] * ur[j]
+        dur[j] = gy[j] * dk[j]
+        ddr[j] = zero
+    for n in range(nstate):
+        bn = bt[t, n]
+        cn = ct[t, n]
+        ar = At[n]
+        hp = hs[t, n]
+        hc = hs[t + 1, n]
+        ec = decay[t, n]
+        ghr = gh[n]
+        dAr = dA_acc[n]
+        db = zero
+        dc = zero
+        for j in range(w):
+            e = ec[j]
+            ghn = ghr[j] + gy[j] * cn
+            dc += gy[j] * hc[j]
+            e_prev = e * hp[j]
+            # h_t = e h_{t-1} + dt B u with e = exp(dt A):
+            # dh/d dt = A e h_{t-1} + B u, dh/dA = dt e h_{t-1}, dh/dB = dt u, dh/du = dt B
+            ddr[j] += ghn * (ar[j] * e_prev + bn * ur[j])
+            dAr[j] += ghn * dr[j] * e_prev
+            db += ghn * dr[j] * ur[j]
+            dur[j] += ghn * dr[j] * bn
+            ghr[j] = ghn * e
+        dB_p[b, k, n, t0 + t] = db
+        dC_p[b, k, n, t0 + t] = dc
+    # Through softplus and the bias: d dt / d delta, and d bias sums over time.
+    sr = spt[t]
+    for j in range(w):
+        g = ddr[j] * sr[j]
+        ddr[j] = g
+        dbias_acc[j] += g
+
+
+@njit(fastmath=True, cache=True, error_model="numpy")
 def _bwd_item(b, k, w, tlen, length, u, dl, z, bm, cm, gout, du, ddl, dz, lay, A, Dv, bias, hck,
               has_D, has_z, has_bias, softplus, dA_p, dD_p, dbias_p, dB_p, dC_p, dh0):
     """Backward of batch element b, channel block k; see ``_scan_bwd``."""
@@ -540,8 +627,6 @@ def _bwd_item(b, k, w, tlen, length, u, dl, z, bm, cm, gout, du, ddl, dz, lay, A
     dD_acc = np.zeros(w, dtype=dtype)
     dbias_acc = np.zeros(w, dtype=dtype)
     gy = np.empty(w, dtype=dtype)
-    one = dtype.type(1)
-    zero = dtype.type(0)
     for c in range((length + tlen - 1) // tlen - 1, -1, -1):
         t0 = c * tlen
         tv = min(tlen, length - t0)
@@ -553,80 +638,11 @@ def _bwd_item(b, k, w, tlen, length, u, dl, z, bm, cm, gout, du, ddl, dz, lay, A
         _load(gout, lay[_Y], b, c0, cv, t0, tv, gt)
         if has_z:
             _load(z, lay[_Z], b, c0, cv, t0, tv, zt)
-        # Recompute the chunk's states from the one the forward saved.
-        hs[0] = hck[b, k, c]
-        for t in range(tv):
-            ur = ut[t]
-            dr = dtt[t]
-            for n in range(nstate):
-                bn = bt[t, n]
-                ar = At[n]
-                hp = hs[t, n]
-                hc = hs[t + 1, n]
-                ec = decay[t, n]
-                for j in range(w):
-                    e = _exp(dr[j] * ar[j])
-                    ec[j] = e
-                    hc[j] = e * hp[j] + dr[j] * ur[j] * bn
+        hs[0] = hck[b, k, c]  # recompute the chunk's states from the one the forward saved
+        _chunk_states(ut, dtt, bt, At, tv, hs, decay)
         for t in range(tv - 1, -1, -1):
-            ur = ut[t]
-            dr = dtt[t]
-            gr = gt[t]
-            dur = dut[t]
-            ddr = ddt[t]
-            if has_z:
-                # y before the gate, from the recomputed state.
-                for j in range(w):
-                    gy[j] = dk[j] * ur[j]
-                for n in range(nstate):
-                    cn = ct[t, n]
-                    hc = hs[t + 1, n]
-                    for j in range(w):
-                        gy[j] += hc[j] * cn
-                zr = zt[t]
-                dzr = dzt[t]
-                for j in range(w):
-                    sig = one / (one + _exp(-zr[j]))
-                    dzr[j] = gr[j] * gy[j] * sig * (one + zr[j] * (one - sig))
-                    gy[j] = gr[j] * zr[j] * sig
-            else:
-                for j in range(w):
-                    gy[j] = gr[j]
-            for j in range(w):
-                dD_acc[j] += gy[j] * ur[j]
-                dur[j] = gy[j] * dk[j]
-                ddr[j] = zero
-            for n in range(nstate):
-                bn = bt[t, n]
-                cn = ct[t, n]
-                ar = At[n]
-                hp = hs[t, n]
-                hc = hs[t + 1, n]
-                ec = decay[t, n]
-                ghr = gh[n]
-                dAr = dA_acc[n]
-                db = zero
-                dc = zero
-                for j in range(w):
-                    e = ec[j]
-                    ghn = ghr[j] + gy[j] * cn
-                    dc += gy[j] * hc[j]
-                    e_prev = e * hp[j]
-                    # h_t = e h_{t-1} + dt B u with e = exp(dt A):
-                    # dh/d dt = A e h_{t-1} + B u, dh/dA = dt e h_{t-1}, dh/dB = dt u, dh/du = dt B
-                    ddr[j] += ghn * (ar[j] * e_prev + bn * ur[j])
-                    dAr[j] += ghn * dr[j] * e_prev
-                    db += ghn * dr[j] * ur[j]
-                    dur[j] += ghn * dr[j] * bn
-                    ghr[j] = ghn * e
-                dB_p[b, k, n, t0 + t] = db
-                dC_p[b, k, n, t0 + t] = dc
-            # Through softplus and the bias: d dt / d delta, and d bias sums over time.
-            sr = spt[t]
-            for j in range(w):
-                g = ddr[j] * sr[j]
-                ddr[j] = g
-                dbias_acc[j] += g
+            _bwd_step(t, t0, b, k, ut, dtt, gt, zt, bt, ct, spt, At, dk, hs, decay, has_z, gy, gh, dA_acc, dD_acc,
+                      dbias_acc, dut, ddt, dzt, dB_p, dC_p)
         _store(dut, du, lay[_DU], b, c0, cv, t0, tv)
         _store(ddt, ddl, lay[_DDELTA], b, c0, cv, t0, tv)
         if has_z:
