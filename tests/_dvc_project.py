@@ -25,8 +25,10 @@ def tiny_params(repo: Path = REPO) -> dict:
     raw["device"] = "cpu"
     raw["data"]["synthetic"].update(n_videos=8, n_pairs=1, min_frames=60, max_frames=140, image_size=32,
                                     workers=1, split_fractions=[0.5, 0.25, 0.25])
-    enc = dict(img_size=32, patch_size=8, embed_dim=12, depth=1, num_heads=2)
+    # a tiny ViT pretrained by MAE here (the default's shipped face encoder is a 192-d ResNet)
+    enc = dict(arch="vit", img_size=32, patch_size=8, embed_dim=12, depth=1, num_heads=2)
     raw["mae_pretrain"]["encoder"].update(enc)
+    raw["mae_pretrain"].update(checkpoint=None, checkpoint_sha256=None)
     raw["mae_pretrain"].update(steps=4, batch_size=8, warmup_steps=1, decoder_dim=8, decoder_depth=1,
                                decoder_heads=2, n_reconstructions=2, num_workers=0)
     raw["mae_finetune"].update(freeze_blocks=0, steps=4, batch_size=8, warmup_steps=1, num_workers=0)
@@ -61,7 +63,8 @@ def make_project(root: Path, stages: list[str], variants=("mamba_va",), folds=(0
     (root / "dvc.yaml").write_text(yaml.safe_dump(out, sort_keys=False))
     (root / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
     shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
-    if git:
+    if git:  # the repository's .gitignore: data and outputs stay out of git, the metrics files go in
+        shutil.copy(REPO / ".gitignore", root / ".gitignore")
         subprocess.run(["git", "init", "-q"], cwd=root, check=True)
         subprocess.run(["git", "config", "user.email", "test@example.org"], cwd=root, check=True)
         subprocess.run(["git", "config", "user.name", "test"], cwd=root, check=True)

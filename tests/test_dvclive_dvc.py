@@ -20,7 +20,8 @@ from _dvc_project import REPO, dvc, make_project
 pytestmark = pytest.mark.slow
 RUN = Path("outputs/models/mae/mamba_va/fold0/seed42")
 LIVE = RUN / "dvclive"
-SUMMARY = (LIVE / "metrics.json").as_posix()
+SUMMARY = (LIVE / "metrics.json").as_posix()  # DVCLive's summary of the primary run, in the run folder
+METRICS = "outputs/models/mae/mamba_va.json"  # the train stage's metrics (cache: false, in git), which carry it
 
 
 def git(root: Path, *args: str) -> str:
@@ -62,14 +63,52 @@ def test_exp_show_and_metrics_diff_read_dvclive_summary(project):
     rows = dict(_rows(json.loads(dvc(root, "exp", "show", "--json").stdout)))
     exp = rows["lr0003"]
     assert exp["params"]["params.yaml"]["data"]["train"]["lr"] == 0.003
-    assert exp["metrics"][SUMMARY]["data"] == live
+    assert exp["metrics"][METRICS]["data"]["dvclive"] == live
     assert live["best"]["step"] >= 1 and set(live["val"]) == {"ccc_valence", "ccc_arousal", "p_va"}
-    baseline = rows["master"]["metrics"][SUMMARY]["data"]  # the committed run, from DVC's cache
-    diff = json.loads(dvc(root, "metrics", "diff", "HEAD", "--json").stdout)[SUMMARY]  # HEAD -> workspace
+    baseline = rows["master"]["metrics"][METRICS]["data"]["dvclive"]  # the committed run, from git
+    diff = json.loads(dvc(root, "metrics", "diff", "HEAD", "--json").stdout)[METRICS]  # HEAD -> workspace
     for key in ("best.p_va", "val.ccc_arousal", "train.lr", "train.loss"):
         group, name = key.split(".")
-        assert diff[key]["old"] == baseline[group][name] and diff[key]["new"] == live[group][name], key
-    assert diff["train.lr"]["old"] > diff["train.lr"]["new"]  # lr 0.01 -> 0.003, same point of the schedule
+        got = diff[f"dvclive.{key}"]
+        assert got["old"] == baseline[group][name] and got["new"] == live[group][name], key
+    assert diff["dvclive.train.lr"]["old"] > diff["dvclive.train.lr"]["new"]  # lr 0.01 -> 0.003, same point of the schedule
+
+
+def _leaves(node, prefix=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield prefix[:-1]
+
+
+def test_fresh_clone_metrics_diff_shows_the_committed_run_beside_the_new_one(project, tmp_path):
+    """As a newcomer: a fresh clone (no DVC cache, no remote), the pipeline run, then `dvc metrics
+    diff`: every metric of every stage has HEAD's value beside the workspace's. The metrics files
+    are committed to git (`cache: false`, .gitignore lets them in); were they DVC-cached, HEAD's
+    column would be empty ("DVC failed to load some metrics for following revisions: 'HEAD'")."""
+    root = project
+    committed = git(root, "ls-files").split()
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    declared = [next(iter(m)) if isinstance(m, dict) else m for st in pipeline["stages"].values()
+                for m in st.get("metrics", [])]
+    assert declared and all(any(c.startswith(d.split("$")[0]) for c in committed) for d in declared), committed
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+    assert not (clone / ".dvc" / "cache").exists()
+    dvc(clone, "repro")
+    out = dvc(clone, "metrics", "diff", "HEAD", "--all", "--json")
+    assert "failed to load" not in out.stderr, out.stderr
+    diff = json.loads(out.stdout)
+    files = [f for f in committed if f.endswith(".json") and f.startswith(("outputs/", "data/"))]
+    assert sorted(diff) == sorted(files)
+    for f in files:
+        keys = set(_leaves(json.loads((clone / f).read_text())))
+        assert keys and keys <= set(diff[f]), (f, keys - set(diff[f]))
+        for key in keys:
+            assert diff[f][key]["old"] is not None and diff[f][key]["new"] is not None, (f, key)
+    # the run is deterministic on a CPU: the clone's run has the committed DVCLive summary
+    assert all(v["old"] == v["new"] for k, v in diff[METRICS].items() if k.startswith("dvclive.")), diff[METRICS]
 
 
 def test_plots_diff_reads_dvclive_curves(project):
