@@ -56,6 +56,13 @@ def _data_commands(sub) -> None:
     p.add_argument("--test-list", default=None,
                    help="test video list to check against the frames (default: test_set_release.txt at the root, if there)")
     p.set_defaults(func=c.cmd_data_validate)
+    p = data.add_parser("user-copy", help="write the twin as a licensed Aff-Wild2 copy looks (to rehearse the real-data path)")
+    p.add_argument("--out", required=True, help="folder to write (cropped_aligned/, annotations/, test_set_release.txt)")
+    p.add_argument("--videos", type=int, default=None, help="number of videos (default: data.synthetic.n_videos)")
+    p.add_argument("--frames", type=int, nargs=2, metavar=("MIN", "MAX"), default=None,
+                   help="video lengths (default: data.synthetic.min_frames, max_frames)")
+    p.add_argument("--image-size", type=int, default=None, help="crop side (default: data.synthetic.image_size)")
+    p.set_defaults(func=c.cmd_data_user_copy)
     p = data.add_parser("crop", help="raw videos -> aligned face crops in the official layout (ROOT/cropped_aligned/)")
     p.add_argument("--videos", required=True, help="a folder of videos (mp4, avi, mov, mkv) or one video file")
     p.add_argument("--out", required=True, help="ROOT: crops go to ROOT/cropped_aligned/<video>/, logs to ROOT/crop_log/")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mambava.config import load_config
+from mambava.errors import UserError
 
 
 def _cfg(args):
@@ -33,6 +34,32 @@ def cmd_data_validate(args) -> int:
         print(f"{len(problems)} problem(s) found in {args.root}", file=sys.stderr)
         return 1
     print(f"{args.root}: OK")
+    return 0
+
+
+def cmd_data_user_copy(args) -> int:
+    from mambava.data.usercopy import write_user_copy
+
+    cfg = _cfg(args).data
+    syn = cfg.synthetic.model_copy(update={k: v for k, v in {
+        "n_videos": args.videos, "image_size": args.image_size,
+        "min_frames": args.frames[0] if args.frames else None, "max_frames": args.frames[1] if args.frames else None,
+    }.items() if v is not None})
+    try:  # the overrides checked like params.yaml's values, and the splits planned
+        from mambava.data.synthetic import plan_videos
+
+        syn = type(syn).model_validate(syn.model_dump())
+        plan_videos(syn)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        msgs = [f"{'.'.join(map(str, e['loc'])) or 'data.synthetic'}: {e['msg']}" for e in exc.errors()] if hasattr(exc, "errors") else [str(exc)]
+        raise UserError(f"data user-copy: {'; '.join(msgs)}") from None
+    s = write_user_copy(syn, args.out, cfg.test_list)
+    print(f"{args.out}: {s['videos']} videos, {s['frames_on_disk']:,} frames on disk, no test labels; quirks: "
+          f"{len(s['byte_order_mark'])} byte-order marks, {len(s['crlf'])} CRLF files, "
+          f"{len(s['hidden_files'])} hidden files, {s['unannotated_rows']:,} unannotated rows, "
+          f"frames removed in {'; '.join(s['frames_removed'])}")
+    print(f"next: mambava data validate --root {args.out}; then in params.yaml set data.source: affwild2, "
+          f"data.root: {args.out}, data.test_labels: null")
     return 0
 
 
