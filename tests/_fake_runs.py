@@ -59,7 +59,8 @@ def fake_predictions(rng, truth: pd.DataFrame, gain: float, noise: float) -> pd.
 def _write_run(d: Path, pred: pd.DataFrame, variant: str, extra: dict | None = None) -> None:
     d.mkdir(parents=True, exist_ok=True)
     pred.to_csv(d / "predictions.csv", index=False)
-    s = ccc_va(pred[["valence", "arousal"]].to_numpy(), pred[["valence_true", "arousal_true"]].to_numpy())
+    true = pred[["valence_true", "arousal_true"]].to_numpy()
+    s = ccc_va(pred[["valence", "arousal"]].to_numpy(), true) if (true != -5).any() else {}  # real test: counts only
     n_params, spe, mem = COST[variant]
     metrics = {**s, "n_frames": int(len(pred)), "n_params": n_params, "seconds_per_epoch": spe,
                "peak_memory_mb": mem, "device": "cpu", "scan_backend": "numba", **(extra or {})}
@@ -67,9 +68,10 @@ def _write_run(d: Path, pred: pd.DataFrame, variant: str, extra: dict | None = N
 
 
 def make_runs(out: Path, seed: int = 0, folds=range(6), videos_per_fold: int = 4,
-              variants=tuple(QUALITY), frames=(200, 600)) -> Path:
+              variants=tuple(QUALITY), frames=(200, 600), real: bool = False) -> Path:
     """Fake <out>/runs: validation predictions per variant and fold, test split for fold 0,
-    a window sweep per fold. Returns the runs folder."""
+    a window sweep per fold. ``real``: as with real Aff-Wild2, the test frames have no labels
+    (-5) and the index counts none. Returns the runs folder."""
     rng = np.random.default_rng(seed)
     runs = out / "runs"
     for k in folds:
@@ -87,6 +89,8 @@ def make_runs(out: Path, seed: int = 0, folds=range(6), videos_per_fold: int = 4
     # the test split, scored, with its ABAW submission; an index and a test list to check it against
     test_vids = {f"9{i:02d}-30-1280x720": int(rng.integers(*frames)) for i in range(5)}
     truth = fake_truth(rng, test_vids)
+    if real:
+        truth[["valence_true", "arousal_true"]] = -5.0
     for v in variants:
         for k in folds:
             d = runs / v / f"fold{k}" / "test"
@@ -98,7 +102,7 @@ def make_runs(out: Path, seed: int = 0, folds=range(6), videos_per_fold: int = 4
     root = out / "root"
     root.mkdir(parents=True, exist_ok=True)
     (root / "test_set_release.txt").write_text("\n".join(test_vids) + "\n")
-    pd.DataFrame([{"video": v, "split": "test", "n_frames": n, "n_frames_on_disk": n, "n_annotated": n,
+    pd.DataFrame([{"video": v, "split": "test", "n_frames": n, "n_frames_on_disk": n, "n_annotated": 0 if real else n,
                    "path": str(root / "cropped_aligned" / v), "annotation": ""} for v, n in test_vids.items()]
                  ).to_csv(out / "index.csv", index=False)
     return runs
@@ -134,13 +138,14 @@ def make_ladder(out: Path, runs: Path, n_boot: int = 50) -> Path:
     """<out>/ladder: the ladder of the fake runs (MAE rung only: fakes have no twin truth), made by
     the library's own code, and a leakage.json as the leakage stage writes it."""
     from mambava.models import VARIANTS
-    from mambava.ladder import build, comparisons, write
+    from mambava.ladder import build, comparisons, scored_splits, write
 
     folds = sorted(int(p.name.removeprefix("fold")) for p in (runs / "mamba_va").glob("fold*"))
     fvids = {k: sorted(pd.read_csv(runs / "mamba_va" / f"fold{k}" / "predictions.csv", dtype={"video": str}).video.unique())
              for k in folds}
     test = sorted(pd.read_csv(runs / "mamba_va" / "fold0" / "test" / "predictions.csv", dtype={"video": str}).video.unique())
-    table, reps = build({"mae": runs}, VARIANTS, folds, fvids, test, None, n_boot, 0)
+    splits = scored_splits(pd.read_csv(out / "index.csv"))
+    table, reps = build({"mae": runs}, VARIANTS, folds, fvids, test, None, n_boot, 0, splits=splits)
     write(out / "ladder", table, comparisons(reps, table))
     eff = {k: {"diff": 0.05, "lo": -0.01, "hi": 0.11} for k in ("ccc_valence", "ccc_arousal", "p_va")}
     (out / "leakage.json").write_text(json.dumps({

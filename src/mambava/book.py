@@ -32,6 +32,15 @@ PAGES = {
     "reproducibility": {"tables": 2, "images": 1},
 }
 
+# With real Aff-Wild2 (data.source affwild2) the Ladder page has only the face-encoder rung on the
+# validation folds (no label ceiling, no oracle rung, no test labels): its ladder and comparisons.
+PAGES_REAL = {**PAGES, "ladder": {"tables": 2, "images": 1}}
+
+
+def pages_for(source: str) -> dict:
+    """What each page must show for a data source (``data.source``)."""
+    return PAGES if source == "synthetic" else PAGES_REAL
+
 
 # --------------------------------------------------------------------------- strip
 # papermill's notebook metadata: everything but the parameters is dropped (timestamps, duration,
@@ -65,6 +74,40 @@ def strip_notebook(path: str | Path, out: str | Path | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------- check
+def notebook_problems(path: str | Path) -> list[str]:
+    """What an executed notebook must not show (empty = good): error outputs and tracebacks,
+    NaN in any output, tables without a single data cell, figures without a coloured pixel
+    (axes with nothing drawn on them are black, white and grey)."""
+    import base64
+    import io
+    import re
+
+    import nbformat
+    import numpy as np
+    from PIL import Image
+
+    nb = nbformat.read(Path(path), as_version=4)
+    problems = []
+    for k, cell in enumerate(nb.cells):
+        where = f"{Path(path).name}: cell {k}"
+        for out in cell.get("outputs", []):
+            if out.output_type == "error" or "Traceback (most recent call last)" in str(out):
+                problems.append(f"{where}: error output {out.get('ename', '')}")
+                continue
+            data = out.get("data", {}) if out.output_type != "stream" else {"text/plain": out.get("text", "")}
+            text = " ".join(str(data.get(m, "")) for m in ("text/plain", "text/html", "text/markdown"))
+            if re.search(r"(?<![\w.])nan(?![\w])", text, flags=re.IGNORECASE):
+                problems.append(f"{where}: NaN in the output")
+            html = str(data.get("text/html", ""))
+            if "<table" in html and "<td" not in html:
+                problems.append(f"{where}: a table without data cells")
+            if "image/png" in data:
+                img = np.asarray(Image.open(io.BytesIO(base64.b64decode(data["image/png"]))).convert("RGB")).astype(int)
+                if not ((img.max(axis=2) - img.min(axis=2)) > 60).any():
+                    problems.append(f"{where}: a figure with nothing coloured drawn")
+    return problems
+
+
 @dataclass
 class PageReport:
     page: str

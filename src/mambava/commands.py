@@ -221,9 +221,11 @@ def cmd_book_strip(args) -> int:
 
 
 def cmd_book_check(args) -> int:
-    from mambava.book import check_book
+    from mambava.book import check_book, pages_for
 
-    problems = check_book(args.html)
+    # the pages' contents depend on the data source (the book stage lists data.source among its params)
+    source = _cfg(args).data.source if Path(args.params).exists() else "synthetic"
+    problems = check_book(args.html, pages_for(source))
     for p in problems:
         print(p)
     if problems:

@@ -50,6 +50,7 @@ from mambava.results import (  # noqa: F401
     load_predictions,
     load_training_curves,
     run_dir,
+    training_curves,
 )
 from mambava.tables import (  # noqa: F401
     COST_COLUMNS,

@@ -117,6 +117,18 @@ def load_training_curves(models: str | Path, level: str, fold: int = 0) -> pd.Da
     return pd.concat(parts, ignore_index=True)[CURVE_COLUMNS]
 
 
+def training_curves(models: str | Path, levels, fold: int = 0) -> pd.DataFrame:
+    """:func:`load_training_curves` of every level in ``levels`` that has training logs (real
+    Aff-Wild2 has no oracle runs: its train stages only write why they were skipped); raises
+    FileNotFoundError when none has."""
+    from mambava.runlog import LIVE_DIR
+
+    found = [lv for lv in levels if any(Path(models, lv).glob(f"*/fold{fold}/seed*/{LIVE_DIR}/metrics.json"))]
+    if not found:
+        return load_training_curves(models, levels[-1], fold)  # the error that names the folder
+    return pd.concat([load_training_curves(models, lv, fold) for lv in found], ignore_index=True)
+
+
 def epoch_means(curves: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
     """One ``metric``'s rows averaged over each epoch's steps (step s of epoch e: e - 1 < epoch <= e),
     per level, variant, fold and seed; ``epoch`` is then the epoch's number (1, 2, ...)."""
