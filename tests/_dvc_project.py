@@ -43,23 +43,44 @@ def tiny_params(repo: Path = REPO) -> dict:
     return raw
 
 
-def _reduce_matrix(stage: dict, variants: list[str], folds: list[int]) -> dict:
+def default_encoder_params(raw: dict, repo: Path = REPO) -> dict:
+    """``raw`` (tiny_params) with the default profile's face encoder back: the shipped 192-d ResNet
+    checkpoint (checkpoints/, copied by make_project(book=True)), as a user's run has it."""
+    top = yaml.safe_load((repo / "params.yaml").read_text())
+    for key in ("encoder", "checkpoint", "checkpoint_sha256", "steps"):
+        raw["mae_pretrain"][key] = top["mae_pretrain"][key]
+    raw["mae_finetune"]["freeze_blocks"] = top["mae_finetune"]["freeze_blocks"]
+    raw["model"]["input_dim"] = top["model"]["input_dim"]
+    return raw
+
+
+def _reduce_matrix(stage: dict, variants: list[str], folds: list[int], levels=("mae",)) -> dict:
     stage = dict(stage)
     if "matrix" in stage:  # (level, variant) stages train every fold of the folds file
-        stage["matrix"] = {"level": ["mae"], "variant": list(variants)}
+        stage["matrix"] = {"level": list(levels), "variant": list(variants)}
     stage["deps"] = [d for d in stage.get("deps", []) if not str(d).startswith(("src/", "notebooks/", "benchmarks/"))]
     return stage
 
 
-def make_project(root: Path, stages: list[str], variants=("mamba_va",), folds=(0,), params: dict | None = None,
-                 git: bool = False) -> Path:
-    """Write params.yaml and a dvc.yaml with ``stages`` of the repository's pipeline and its
-    top-level metrics and plots (those of the variants asked for); dvc init (in a new git
-    repository with ``git``, as `dvc exp` needs)."""
+def make_project(root: Path, stages: list[str] | None, variants=("mamba_va",), folds=(0,), params: dict | None = None,
+                 git: bool = False, levels=("mae",), book: bool = False) -> Path:
+    """Write params.yaml and a dvc.yaml with ``stages`` of the repository's pipeline (None: every
+    stage) and its top-level metrics and plots (those of the variants asked for), the matrices
+    over ``levels``; with ``book`` also what the notebook and book stages read (the notebooks, the
+    book's sources, benchmarks/results, checkpoints/); dvc init (in a new git repository with
+    ``git``, as `dvc exp` needs)."""
     root.mkdir(parents=True, exist_ok=True)
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    stages = list(pipeline["stages"]) if stages is None else stages
     out = {"metrics": pipeline.get("metrics", []), "plots": [_reduce_plot(p, variants) for p in pipeline.get("plots", [])],
-           "stages": {name: _reduce_matrix(pipeline["stages"][name], list(variants), list(folds)) for name in stages}}
+           "stages": {name: _reduce_matrix(pipeline["stages"][name], list(variants), list(folds), levels)
+                      for name in stages}}
+    if book:
+        for d in ("notebooks", "benchmarks/results", "checkpoints", "book/_static"):
+            shutil.copytree(REPO / d, root / d)
+        for f in ("_config.yml", "_toc.yml", "intro.md"):
+            shutil.copy(REPO / "book" / f, root / "book" / f)
+        (root / "book" / "notebooks").mkdir()  # papermill does not create its output folder
     (root / "dvc.yaml").write_text(yaml.safe_dump(out, sort_keys=False))
     (root / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
     shutil.copy(REPO / ".dvcignore", root / ".dvcignore")

@@ -212,6 +212,9 @@ def settings_problems(cfg: Config) -> list[tuple[list[tuple], str]]:
         out.append(([("evaluate", "stride"), ("evaluate", "window")],
                     f"evaluate.stride ({cfg.evaluate.stride}) is longer than evaluate.window ({cfg.evaluate.window}): "
                     "the frames between windows would get no prediction"))
+    if cfg.device == "cpu" and m.scan_backend == "cuda":
+        out.append(([("model", "scan_backend"), ("device",)],
+                    "model.scan_backend: cuda (mamba-ssm's kernel) cannot run with device: cpu (use auto)"))
     for key in ("variant", "reference"):
         value = getattr(cfg.book, key)
         if value not in VARIANTS:

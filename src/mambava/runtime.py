@@ -31,8 +31,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for but torch sees no CUDA device (use auto or cpu)")
+        from mambava.errors import DeviceError
+
+        raise DeviceError("device: cuda was asked for but torch sees no CUDA device (use auto or cpu)")
     return torch.device(name)
+
+
+def check_device(cfg) -> torch.device:
+    """The device of ``cfg.device``, after checking that this machine can run the settings that
+    need CUDA (``device: cuda``, ``model.scan_backend: cuda``); raises
+    :class:`mambava.errors.DeviceError` (one line) otherwise."""
+    device = resolve_device(cfg.device)
+    if cfg.model.scan_backend == "cuda":
+        from mambava.models.ssm import resolve_backend
+
+        resolve_backend("cuda", device)
+    return device
 
 
 def set_threads(n: int | None) -> None:

@@ -22,6 +22,7 @@ from mambava.data.windows import Windows
 from mambava.io import write_json, write_timing
 from mambava.resume import content_digest
 from mambava.runtime import (
+    check_device,
     environment,
     level_features,
     level_skipped,
@@ -196,6 +197,7 @@ def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None =
         (root / variant).mkdir(parents=True, exist_ok=True)
         write_json(summary_path, {"skipped": why})
         return {"skipped": why}
+    check_device(cfg)  # a setting this machine cannot run fails here, before any run starts
     if folds is None:
         k = int(read_folds(cfg.folds.file)["cv_fold"].max())
         folds = range(0, k + 1)

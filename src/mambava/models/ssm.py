@@ -84,10 +84,14 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
         else:
             backend = "numba"
     if backend == "cuda":
+        from mambava.errors import DeviceError
+
         if device.type != "cuda":
-            raise RuntimeError("scan backend 'cuda' needs tensors on a CUDA device")
+            raise DeviceError("model.scan_backend: cuda needs a CUDA device; torch runs on "
+                              f"{device.type} here (use auto: numba on a CPU)")
         if not mamba_ssm_available():
-            raise RuntimeError("scan backend 'cuda' needs mamba-ssm (pip install '.[gpu]' on a GPU machine)")
+            raise DeviceError("model.scan_backend: cuda needs mamba-ssm (pip install '.[gpu]' on a GPU machine; "
+                              "or use auto)")
     if backend not in _logged:
         _logged.add(backend)
         why = {
