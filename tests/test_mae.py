@@ -117,6 +117,25 @@ def test_wider_checkpoint_fails_on_first_key_and_missing_keys_fail(tmp_path):
         load_encoder(SPEC, tmp_path / "nowhere.pth")
 
 
+def test_a_renamed_key_is_one_line_naming_both_names(tmp_path, capsys):
+    """A checkpoint whose key was renamed (another layout, a typo): one InputError line naming the
+    file, the key the encoder does not know and the one it misses; the CLI prints just that."""
+    from mambava.checks import InputError
+    from mambava.cli import report_error
+
+    ckpt = _fb_mae_checkpoint(_reference_vit(SPEC, seed=6))
+    ckpt["model"]["blocks.0.attn.qkv.w"] = ckpt["model"].pop("blocks.0.attn.qkv.weight")
+    path = tmp_path / "renamed.pth"
+    torch.save(ckpt, path)
+    with pytest.raises(InputError) as err:
+        load_encoder(SPEC, path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg
+    assert "keys not in the encoder: blocks.0.attn.qkv.w;" in msg
+    assert "missing from the checkpoint: blocks.0.attn.qkv.weight" in msg
+    assert report_error(err.value) == 2 and capsys.readouterr().err == f"error: {msg}\n"
+
+
 def test_pos_embed_is_resampled_for_another_image_size(tmp_path):
     small = _reference_vit(SPEC, seed=6)  # 4x4 grid
     path = tmp_path / "at32.pth"

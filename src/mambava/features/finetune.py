@@ -75,7 +75,9 @@ def freeze(encoder: nn.Module, k: int) -> list[str]:
     else:  # timm ResNet: conv1/bn1 (stem), layer1..layerN (stages)
         prefixes = ("conv1.", "bn1.") + tuple(f"layer{i + 1}." for i in range(k))
     if not 0 <= k <= depth:
-        raise ValueError(f"mae_finetune.freeze_blocks = {k}, but the encoder has {depth} blocks")
+        from mambava.checks import InputError
+
+        raise InputError(f"mae_finetune.freeze_blocks = {k}, but the encoder has {depth} blocks")
     frozen = []
     for name, p in encoder.named_parameters():
         if name.startswith(prefixes):

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mambava.checks import InputError
+
 log = logging.getLogger(__name__)
 
 # Keys of a checkpoint that never belong to the encoder: the MAE decoder, a classifier head,
@@ -276,7 +278,7 @@ class MaskedAutoencoder(nn.Module):
         dec = {k: v for k, v in state.items() if not k.startswith("encoder.") and k in own}
         for k, v in dec.items():
             if v.shape != own[k].shape:
-                raise ValueError(f"decoder key {k!r}: shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} here")
+                raise InputError(f"decoder key {k!r}: shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} here")
         self.load_state_dict(dec, strict=False)
 
 
@@ -304,14 +306,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ValueError(f"{path}: cannot read as a torch checkpoint ({exc})") from exc
+            raise InputError(f"{path}: cannot read as a torch checkpoint ({exc})") from exc
     if isinstance(obj, Mapping):
         for wrapper in ("model", "state_dict", "module"):
             if wrapper in obj and isinstance(obj[wrapper], Mapping):
                 obj = obj[wrapper]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a state dict (expected tensors, or {{'model': state_dict}})")
+        raise InputError(f"{path}: not a state dict (expected tensors, or {{'model': state_dict}})")
     out = {}
     for k, v in obj.items():
         out[k[len("module."):] if k.startswith("module.") else k] = v
@@ -357,16 +359,17 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> LoadReport:
                 ).to(value.dtype)
                 report.resized.append(f"pos_embed {old_grid}x{old_grid} -> {new_grid}x{new_grid}")
         if value.shape != want:
-            raise ValueError(
+            raise InputError(
                 f"{path}: key {key!r} has shape {tuple(value.shape)} in the checkpoint but "
                 f"{tuple(want)} in the encoder ({getattr(encoder, '_mambava_desc', type(encoder).__name__)})"
             )
         new[key] = value.to(own[key].dtype)
     missing = sorted(set(own) - set(new))
-    if unexpected:
-        raise ValueError(f"{path}: keys not in the encoder: {', '.join(sorted(unexpected)[:10])}")
-    if missing:
-        raise ValueError(f"{path}: encoder keys missing from the checkpoint: {', '.join(missing[:10])}")
+    if unexpected or missing:  # one line: a renamed key shows as both
+        parts = [f"keys not in the encoder: {', '.join(sorted(unexpected)[:10])}" if unexpected else "",
+                 f"encoder keys missing from the checkpoint: {', '.join(missing[:10])}" if missing else ""]
+        raise InputError(f"{path}: {'; '.join(p for p in parts if p)} "
+                         f"(the encoder is {getattr(encoder, '_mambava_desc', type(encoder).__name__)})")
     encoder.load_state_dict(new, strict=True)
     report.loaded = sorted(new)
     if report.resized:

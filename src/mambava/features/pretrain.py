@@ -126,7 +126,9 @@ def run_from_checkpoint(cfg, spec: EncoderSpec) -> dict:
     out = Path(pc.out)
     ckpt = verified_checkpoint(pc)
     if ckpt is None:
-        raise ValueError(f"mae_pretrain: arch {spec.arch} starts from a checkpoint; set mae_pretrain.checkpoint")
+        from mambava.checks import InputError
+
+        raise InputError(f"mae_pretrain: arch {spec.arch} starts from a checkpoint; set mae_pretrain.checkpoint")
     model = FacePretrainer(build_encoder(spec), spec.embed_dim, spec.patch_size)
     load_encoder_weights(model.encoder, ckpt)
     state = read_state_dict(ckpt)
