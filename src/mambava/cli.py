@@ -62,6 +62,7 @@ def _data_commands(sub) -> None:
     p.add_argument("--frames", type=int, nargs=2, metavar=("MIN", "MAX"), default=None,
                    help="video lengths (default: data.synthetic.min_frames, max_frames)")
     p.add_argument("--image-size", type=int, default=None, help="crop side (default: data.synthetic.image_size)")
+    p.add_argument("--workers", type=int, default=None, help="videos drawn at once (default: data.synthetic.workers)")
     p.set_defaults(func=c.cmd_data_user_copy)
     p = data.add_parser("crop", help="raw videos -> aligned face crops in the official layout (ROOT/cropped_aligned/)")
     p.add_argument("--videos", required=True, help="a folder of videos (mp4, avi, mov, mkv) or one video file")

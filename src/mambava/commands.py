@@ -42,7 +42,7 @@ def cmd_data_user_copy(args) -> int:
 
     cfg = _cfg(args).data
     syn = cfg.synthetic.model_copy(update={k: v for k, v in {
-        "n_videos": args.videos, "image_size": args.image_size,
+        "n_videos": args.videos, "image_size": args.image_size, "workers": args.workers,
         "min_frames": args.frames[0] if args.frames else None, "max_frames": args.frames[1] if args.frames else None,
     }.items() if v is not None})
     try:  # the overrides checked like params.yaml's values, and the splits planned
