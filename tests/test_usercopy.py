@@ -96,6 +96,24 @@ def test_validate_accepts_the_copy_and_the_index_has_no_test_labels(copies):
     assert index.n_frames_on_disk.sum() == summary["frames_on_disk"]
 
 
+def test_validate_notes_exactly_the_quirks_the_copy_carries(copies):
+    """`mambava data validate` accepts the copy and notes its quirks, counted here from the files;
+    the twin itself (no BOM, LF only, no hidden files) gets notes only for what it carries."""
+    from mambava.data.validate import accepted_quirks
+
+    copy, tmp, summary = copies
+    labelled = [p for p in (copy / ANNOTATIONS).rglob("*.txt") if not p.name.startswith(".")]
+    missing = sum(len(read_annotation(p)) - len(frames_on_disk(copy / CROPS / p.stem)) for p in labelled)
+    assert accepted_quirks(copy) == [
+        f"note: {len(summary['byte_order_mark'])} text files start with a UTF-8 byte-order mark",
+        f"note: {len(summary['crlf'])} text files have CRLF line ends",
+        f"note: {len(summary['hidden_files'])} hidden files (.DS_Store, ._*, ...) are ignored",
+        f"note: {missing} annotated frames have no face crop (no face found: their features are filled in)",
+        f"note: {summary['unannotated_rows']} label lines are -5 (not annotated: left out of training and scoring)"]
+    twin_notes = accepted_quirks(tmp / "twin")
+    assert not any("byte-order" in n or "CRLF" in n or "hidden" in n for n in twin_notes)
+
+
 def test_cli_writes_a_copy_that_validates(tmp_path, repo, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     raw = yaml.safe_load((repo / "params.yaml").read_text())

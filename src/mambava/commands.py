@@ -33,7 +33,11 @@ def cmd_data_validate(args) -> int:
     if problems:
         print(f"{len(problems)} problem(s) found in {args.root}", file=sys.stderr)
         return 1
+    from mambava.data.validate import accepted_quirks
+
     print(f"{args.root}: OK")
+    for note in accepted_quirks(Path(args.root), test_list=args.test_list):
+        print(note)
     return 0
 
 

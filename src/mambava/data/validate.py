@@ -143,6 +143,36 @@ def validate_layout(root: str | Path, test_list: str | None = None, workers: int
 
 
 
+def accepted_quirks(root: str | Path, test_list: str | None = None) -> list[str]:
+    """Notes on what a copy carries that is accepted, not a problem (one line each, only for what
+    is there): files with a UTF-8 byte-order mark or CRLF line ends, hidden files, frames with a
+    label line but no face crop, unannotated (-5) label lines."""
+    from mambava.checks import BOM
+    from mambava.data.affwild2 import UNLABELLED, read_annotation
+
+    root = Path(root)
+    test_list = default_test_list(root, test_list)
+    anns = [p for sub in SPLIT_DIRS.values() if (root / ANNOTATIONS / sub).is_dir()
+            for p in annotation_files(root / ANNOTATIONS / sub)]
+    texts = anns + ([root / test_list] if test_list and (root / test_list).is_file() else [])
+    heads = {p: p.read_bytes() for p in texts}
+    bom = sum(b.startswith(BOM) for b in heads.values())
+    crlf = sum(b"\r\n" in b for b in heads.values())
+    hidden = sum(is_hidden(f) for _, _, files in os.walk(root) for f in files)
+    missing = unlabelled = 0
+    for p in anns:
+        labels = read_annotation(p)
+        unlabelled += int((labels == UNLABELLED).all(axis=1).sum())
+        vdir = root / CROPS / p.stem
+        if vdir.is_dir():
+            missing += max(0, len(labels) - len(frames_on_disk(vdir, strict=False)))
+    notes = [(bom, "text files start with a UTF-8 byte-order mark"), (crlf, "text files have CRLF line ends"),
+             (hidden, "hidden files (.DS_Store, ._*, ...) are ignored"),
+             (missing, "annotated frames have no face crop (no face found: their features are filled in)"),
+             (unlabelled, "label lines are -5 (not annotated: left out of training and scoring)")]
+    return [f"note: {n:,} {what}" for n, what in notes if n]
+
+
 def _count_body_lines(path: Path) -> int:
     with open(path, errors="replace") as f:
         return max(0, sum(1 for _ in f) - 1)
