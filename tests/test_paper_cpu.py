@@ -26,7 +26,7 @@ from mambava import book
 from mambava.config_sections import SyntheticConfig
 from mambava.data.usercopy import write_user_copy
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # the fixture runs the whole pipeline
 VARIANTS = ("mamba_va", "frame")
 PAPER_N_PARAMS = 67_155_086  # the authors' model with 1024-d features (params.yaml, profiles.paper.model)
 CHECKPOINT = "models/mae_pretrain_vit_large.pth"  # where profiles.paper.mae_pretrain.checkpoint points

@@ -25,7 +25,7 @@ from mambava import book
 from mambava.config_sections import SyntheticConfig
 from mambava.data.usercopy import write_user_copy
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # the fixture runs the whole pipeline
 VARIANTS = ("mamba_va", "no_mamba", "frame")
 README_KEYS = {"data.source", "data.root", "data.test_labels"}
 
