@@ -65,6 +65,7 @@ def paper_params() -> dict:
     """The repository's params.yaml with profile: paper and only data and schedule shrunk."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["profile"] = "paper"
+    raw["data"]["root"] = "data/affwild2"  # dvc.yaml's paths read the top level (docs/real-data.md)
     raw["variants"] = list(VARIANTS)
     raw["data"]["synthetic"].update(n_videos=8, n_pairs=1, min_frames=16, max_frames=32, workers=1,
                                     split_fractions=[0.5, 0.25, 0.25])  # for the copy only (source: affwild2)

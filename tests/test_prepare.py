@@ -54,3 +54,26 @@ def test_affwild2_source_without_data_says_what_to_set(small_params, tmp_path, m
     small_params.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(FileNotFoundError, match="Point data.root in params.yaml"):
         prepare(load_config(small_params))
+
+
+def test_a_profile_with_another_data_root_is_refused_at_once(tmp_path, repo, monkeypatch):
+    """dvc.yaml's paths read the top-level data.root (DVC applies no profile): the paper profile's
+    data/affwild2 with the top level's twin root would index one folder and give the MAE stages
+    another; the data stage refuses it before validating any frame, at the top-level key's line."""
+    from mambava.checks import InputError
+
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["profile"] = "paper"
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw, sort_keys=False))
+    line = next(n for n, ln in enumerate(p.read_text().splitlines(), 1) if ln.strip().startswith("root:"))
+    with pytest.raises(InputError) as e:
+        prepare(load_config(p), p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}:{line}: data.root is data/twin/affwild2, but profile paper reads the data from data/affwild2")
+    assert "\n" not in msg and "set the top-level data.root to data/affwild2" in msg
+    raw["data"]["root"] = "data/affwild2"  # as real-data.md says: then the missing copy is the error
+    p.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(FileNotFoundError, match="Point data.root in params.yaml"):
+        prepare(load_config(p), p)

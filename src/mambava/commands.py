@@ -20,7 +20,7 @@ def _cfg(args):
 def cmd_data_generate(args) -> int:
     from mambava.data.prepare import prepare
 
-    prepare(_cfg(args))
+    prepare(_cfg(args), args.params)
     return 0
 
 

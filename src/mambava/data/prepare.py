@@ -15,7 +15,27 @@ from mambava.io import write_json, write_timing
 log = logging.getLogger("mambava.data")
 
 
-def prepare(cfg: Config) -> None:
+def check_dvc_root(cfg: Config, params: str | Path) -> None:
+    """dvc.yaml's stages depend on ``${data.root}/cropped_aligned`` and ``/annotations``, which DVC
+    reads from the top level of params.yaml: it knows nothing of profiles. A profile whose
+    ``data.root`` differs would index one folder and hand the later stages another (the first of
+    them failing only after this stage has validated every frame): refused here, at once."""
+    import yaml
+
+    text = Path(params).read_text()
+    top = ((yaml.safe_load(text) or {}).get("data") or {}).get("root", "data/twin/affwild2")
+    if Path(str(top)) != Path(cfg.data.root):
+        line = next((n for n, ln in enumerate(text.splitlines(), 1) if ln.strip().startswith("root:")), None)
+        where = f"{params}:{line}" if line else str(params)
+        raise InputError(f"{where}: data.root is {top}, but profile {cfg.profile} reads the data from "
+                         f"{cfg.data.root}; dvc.yaml's paths take data.root from the top level (DVC does not "
+                         f"apply profiles): set the top-level data.root to {cfg.data.root}")
+
+
+def prepare(cfg: Config, params: str | Path | None = None) -> None:
+    """The `data` stage; ``params``: the file ``cfg`` was read from (:func:`check_dvc_root`)."""
+    if params is not None:
+        check_dvc_root(cfg, params)
     d = cfg.data
     t0 = time.perf_counter()
     if d.source == "synthetic":
