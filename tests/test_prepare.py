@@ -77,3 +77,56 @@ def test_a_profile_with_another_data_root_is_refused_at_once(tmp_path, repo, mon
     p.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(FileNotFoundError, match="Point data.root in params.yaml"):
         prepare(load_config(p), p)
+
+
+def test_twin_digest_follows_every_file_of_the_twin(small_params, tmp_path, monkeypatch):
+    """data/twin.json (what the twin-only stages depend on) against hashlib over the files read here:
+    equal for an identical copy elsewhere, different after one changed byte, a renamed file or a
+    new file; the data stage writes it, and writes the same digest when run again."""
+    import hashlib
+
+    from mambava.data.prepare import write_twin_digest
+    from mambava.io import tree_sha256
+
+    monkeypatch.chdir(tmp_path)
+    prepare(load_config(small_params))
+    written = json.loads((tmp_path / "data" / "twin.json").read_text())
+    files = sorted(p for p in (tmp_path / "data" / "twin").rglob("*") if p.is_file())
+    assert written["files"] == len(files) > 6 * 40
+    assert written["bytes"] == sum(p.stat().st_size for p in files)
+    assert written["folder"] == "data/twin"
+    prepare(load_config(small_params))  # the twin is drawn again: the same bytes, the same digest
+    assert json.loads((tmp_path / "data" / "twin.json").read_text()) == written
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "data" / "twin", copy)
+    assert tree_sha256(copy)["sha256"] == written["sha256"]
+    frame = next(p for p in sorted(copy.rglob("*.jpg")))
+    data = bytearray(frame.read_bytes())
+    data[len(data) // 2] ^= 1
+    frame.write_bytes(bytes(data))
+    changed = tree_sha256(copy)["sha256"]
+    assert changed != written["sha256"]
+    frame.rename(frame.with_name("99999.jpg"))
+    renamed = tree_sha256(copy)["sha256"]
+    assert renamed not in (changed, written["sha256"])
+    (copy / "extra.txt").write_text("x")
+    assert tree_sha256(copy)["sha256"] != renamed
+    # one file: the digest is SHA-256 over path, size and bytes, as the docstring says
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.txt").write_bytes(b"abc")
+    assert tree_sha256(one)["sha256"] == hashlib.sha256(b"a.txt\x003\x00abc").hexdigest()
+    assert write_twin_digest(one, tmp_path / "d.json")["files"] == 1
+
+
+def test_twin_only_stages_depend_on_the_digest_not_the_frames(repo):
+    """No stage but `data` lists the twin's folder (270k files DVC would walk twice per stage);
+    the twin-only stages list its digest, which the data stage writes."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages["data"]["outs"]]
+    assert "data/twin" in outs and "data/twin.json" in outs
+    for name in ("face_probe", "oracle_features", "ladder", "notebook_data"):
+        assert "data/twin.json" in stages[name]["deps"], name
+    for name, st in stages.items():
+        assert "data/twin" not in (st.get("deps") or []), name

@@ -135,3 +135,20 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def tree_sha256(root: str | Path) -> dict:
+    """The content of a folder as one SHA-256: every file's path relative to ``root``, its size
+    and its bytes, in sorted path order (``files``, ``bytes`` and ``sha256``). Any file added,
+    removed, renamed or changed changes the digest."""
+    root = Path(root)
+    h, files, size = hashlib.sha256(), 0, 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            data = p.read_bytes()
+            h.update(f"{p.relative_to(root).as_posix()}\0{len(data)}\0".encode())
+            h.update(data)
+            files, size = files + 1, size + len(data)
+    return {"files": files, "bytes": size, "sha256": h.hexdigest()}
