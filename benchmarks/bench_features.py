@@ -76,6 +76,7 @@ def bench_extract(cfg, n_videos: int) -> dict | None:
     from mambava.data.affwild2 import load_index
     from mambava.features.extract import extract_features
     from mambava.features.mae import EncoderSpec, build_encoder
+    from mambava.workers import resolve_workers
 
     index_path = ROOT / cfg.data.index
     if not index_path.exists():
@@ -89,7 +90,7 @@ def bench_extract(cfg, n_videos: int) -> dict | None:
     enc = cfg.mae_pretrain.encoder
     with tempfile.TemporaryDirectory() as tmp:
         s = extract_features(index, build_encoder(spec), tmp, spec.img_size, enc.mean, enc.std,
-                             batch_size=cfg.features.batch_size, num_workers=cfg.features.num_workers, progress=False)
+                             batch_size=cfg.features.batch_size, num_workers=resolve_workers(cfg.features.num_workers, 0), progress=False)
     return {"videos": len(index), "frames": s["frames_encoded"], "seconds": s["seconds"],
             "frames_per_second": s["frames_per_second"], "batch_size": cfg.features.batch_size,
             "num_workers": cfg.features.num_workers}

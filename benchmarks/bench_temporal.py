@@ -2,6 +2,8 @@
 
     python benchmarks/bench_temporal.py              # every variant, Transformer with 1, 2 and 4 heads
     python benchmarks/bench_temporal.py --repeats 3  # a quicker look
+    python benchmarks/bench_temporal.py --parts      # inside one step: data, forward, loss, backward, optimiser
+    python benchmarks/bench_temporal.py --parts --baseline b8d5ef9  # the same with that revision's code, and the ratio
 
 What one optimiser step of `mambava train` costs per variant: forward and backward of the whole
 model (TCN, temporal encoder, head) on a batch of ``train.batch_size`` windows of ``train.window``
@@ -11,19 +13,28 @@ two runs at once on two cores). Each (variant, heads) runs in a fresh process (`
 
 The Transformer's cost depends on its head width: CPU attention (PyTorch's flash kernel for the
 CPU) is slow for heads of 8 dimensions. This benchmark is how ``model.n_heads`` of the default was
-chosen. Writes benchmarks/results/temporal.json.
+chosen. ``--parts`` times the pieces of one training step as ``mambava train`` runs it
+(``train._train_step``'s work: gathering a batch of windows from the in-RAM feature copy, the cast,
+forward, the CCC loss, backward, gradient clipping, AdamW and the scheduler) and the whole step;
+``--baseline REV`` runs the same in a checkout of REV (its code and its params.yaml) and prints
+the ratio per variant. Writes benchmarks/results/temporal.json (or temporal_parts.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt, machine, measure, print_table, run_worker, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# the tree whose params.yaml a worker reads (--baseline: the baseline's checkout)
+PARAMS = Path(os.environ.get("MAMBAVA_BENCH_ROOT", ROOT)) / "params.yaml"
 
 
 def worker(variant: str, heads: int, repeats: int) -> dict:
@@ -33,7 +44,7 @@ def worker(variant: str, heads: int, repeats: int) -> dict:
     from mambava.models import build_model, variant_config
     from mambava.runtime import set_threads
 
-    cfg = load_config(ROOT / "params.yaml")
+    cfg = load_config(PARAMS)
     set_threads(1)
     # heads 0: as params.yaml says (the variants without attention ignore it)
     mcfg = variant_config(cfg.model.model_copy(update={"n_heads": heads}) if heads else cfg.model, variant)
@@ -51,19 +62,129 @@ def worker(variant: str, heads: int, repeats: int) -> dict:
             "n_params": sum(p.numel() for p in model.parameters()), **m}
 
 
+def parts_worker(variant: str, repeats: int) -> dict:
+    """The pieces of one training step on a batch like the pipeline's (module doc), medians in ms."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from mambava.config import load_config
+    from mambava.data.windows import Video, Windows
+    from mambava.metrics import ccc_loss
+    from mambava.models import build_model, variant_config
+    from mambava.runtime import set_threads
+    from mambava.train import optimizer_groups
+
+    cfg = load_config(PARAMS)
+    set_threads(1)
+    mcfg, tc = variant_config(cfg.model, variant), cfg.train
+    torch.manual_seed(0)
+    model = build_model(mcfg).train()
+    rng = np.random.default_rng(0)
+    videos = [Video(f"v{i}", rng.normal(size=(n, mcfg.input_dim)).astype(np.float16),
+                    rng.uniform(-1, 1, size=(n, 2)).astype(np.float32))
+              for i, n in enumerate(rng.integers(300, 4000, size=60))]
+    ds = Windows(videos, tc.window, tc.stride)
+    opt = torch.optim.AdamW(optimizer_groups(model, tc.weight_decay), lr=tc.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    times: dict[str, list[float]] = {}
+
+    def tick(name, t0):
+        t = time.perf_counter()
+        times.setdefault(name, []).append(t - t0)
+        return t
+
+    for step in range(repeats + 2):
+        batch = rng.choice(len(ds), size=tc.batch_size, replace=False)
+        start = t = time.perf_counter()
+        x, y = ds.batch(batch)
+        t = tick("data", t)
+        x, y = torch.from_numpy(x).float(), torch.from_numpy(y)
+        t = tick("cast", t)
+        pred = model(x)
+        t = tick("forward", t)
+        loss = ccc_loss(pred.float(), y)
+        t = tick("loss", t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t = tick("backward", t)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        t = tick("clip", t)
+        opt.step()
+        sched.step()
+        loss.item()
+        t = tick("optimiser", t)
+        tick("step", start)
+        times.setdefault("other", []).append(times["step"][-1] - sum(v[-1] for k, v in times.items()
+                                                                    if k not in ("step", "other")))
+    out = {k: 1000 * float(np.median(v[2:])) for k, v in times.items()}  # the first two warm up
+    return {"variant": variant, "batch": tc.batch_size, "window": tc.window, "ms": {k: round(v, 2) for k, v in out.items()}}
+
+
+def _baseline_tree(rev: str) -> Path:
+    tree = Path(tempfile.mkdtemp(prefix="mambava-bench-")) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True, capture_output=True)
+    return tree
+
+
+def parts_main(variants: list[str], repeats: int, baseline: str | None) -> int:
+    trees = {"now": None}
+    if baseline:
+        trees = {"baseline": _baseline_tree(baseline), "now": None}
+    names = ["data", "cast", "forward", "loss", "backward", "clip", "optimiser", "other", "step"]
+    results: dict[str, dict] = {}
+    try:
+        for label, tree in trees.items():
+            env = {"PYTHONPATH": str(tree / "src"), "MAMBAVA_BENCH_ROOT": str(tree)} if tree else {}
+            for v in variants:
+                res = run_worker(__file__, ["parts", v, str(repeats)], timeout=900, env=env)
+                results.setdefault(label, {})[v] = res
+    finally:
+        if baseline:
+            subprocess.run(["git", "worktree", "remove", "--force", str(trees["baseline"])], cwd=ROOT, capture_output=True)
+    for label, per in results.items():
+        print(f"\n{label}" + (f" ({baseline})" if label == "baseline" else " (working tree)"))
+        print_table(["variant", *names], [[v, *(fmt(r.get("ms", {}).get(n), " ms") for n in names)] if "ms" in r
+                                          else [v, r.get("error", "?"), *[""] * (len(names) - 1)] for v, r in per.items()])
+    if baseline:
+        rows = []
+        for v in variants:
+            a, b = results["baseline"][v].get("ms", {}), results["now"][v].get("ms", {})
+            rows.append([v, fmt(a.get("step"), " ms"), fmt(b.get("step"), " ms"),
+                         f"{b['step'] / a['step']:.2f}" if a.get("step") and b.get("step") else "-"])
+        mva = {k: results[k]["mamba_va"]["ms"]["step"] for k in results if "ms" in results[k].get("mamba_va", {})}
+        print("\nstep: now against the baseline")
+        print_table(["variant", "baseline", "now", "now / baseline"], rows)
+        if "transformer" in variants and mva:
+            for k in results:
+                t = results[k].get("transformer", {}).get("ms", {}).get("step")
+                if t and k in mva:
+                    print(f"{k}: Transformer step / Mamba-VA step = {t / mva[k]:.2f}")
+    path = write_json("temporal_parts.json", {"machine": machine(), "repeats": repeats, "baseline": baseline,
+                                              "results": results})
+    print(f"wrote {path}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--heads", type=int, nargs="+", default=[1, 2, 4], help="Transformer heads to compare")
+    ap.add_argument("--parts", action="store_true", help="time the pieces of one training step (module doc)")
+    ap.add_argument("--baseline", metavar="REV", help="with --parts: also run REV's code and params, and the ratio")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "HEADS", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         import json
 
         v, h, r = args.worker
-        print(json.dumps(worker(v, int(h), int(r))))
+        print(json.dumps(parts_worker(h, int(r)) if v == "parts" else worker(v, int(h), int(r))))
         return 0
     from mambava.models import VARIANTS
+
+    if args.parts:
+        return parts_main(list(VARIANTS), args.repeats, args.baseline)
 
     jobs = [(v, h) for v in VARIANTS for h in (args.heads if v == "transformer" else [0])]
     rows, results = [], []

@@ -6,9 +6,14 @@ Every section forbids unknown keys and checks types strictly, and its defaults a
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# A count of worker processes: a number, or ``auto`` = the cores this process may use
+# (mambava.runtime.resolve_workers). Results do not depend on it.
+Workers = Annotated[int, Field(ge=1)] | Literal["auto"]
+LoaderWorkers = Annotated[int, Field(ge=0)] | Literal["auto"]
 
 
 class Section(BaseModel):
@@ -34,7 +39,7 @@ class SyntheticConfig(Section):
     missing_runs_per_1k: float = Field(0.5, ge=0)  # runs of 5-90 frames with no face
     unannotated_runs_per_1k: float = Field(0.3, ge=0)  # runs labelled -5
     label_lag_s: float = Field(0.4, ge=0)  # annotators react this late to the face
-    workers: int = Field(2, ge=1)
+    workers: Workers = "auto"  # processes drawing videos; the same bytes for any number
 
     @model_validator(mode="after")
     def _check(self) -> "SyntheticConfig":
@@ -190,7 +195,7 @@ class MaePretrainConfig(Section):
     decoder_depth: int = Field(2, ge=1)
     decoder_heads: int = Field(4, ge=1)
     n_reconstructions: int = Field(8, ge=0)  # held-out (validation) frames drawn for the book
-    num_workers: int = Field(2, ge=0)
+    num_workers: LoaderWorkers = 2  # image-decoding processes (DataLoader; the masks and flips they draw follow them)
     out: str = "outputs/mae_pretrain"
 
 
@@ -216,7 +221,7 @@ class MaeFinetuneConfig(Section):
     weight_decay: float = Field(0.05, ge=0)
     warmup_steps: int = Field(20, ge=0)
     val_max_frames: int | None = Field(None, ge=1)  # evenly spaced subset of validation; null = all
-    num_workers: int = Field(2, ge=0)
+    num_workers: LoaderWorkers = 2  # image-decoding processes (DataLoader; the augmentation's draws follow them)
     out: str = "outputs/mae_finetune"
 
 
@@ -225,7 +230,7 @@ class FeaturesConfig(Section):
 
     dir: str = "outputs/features"
     batch_size: int = Field(256, ge=1)
-    num_workers: int = Field(2, ge=0)
+    num_workers: LoaderWorkers = "auto"  # image-decoding processes (DataLoader); the same arrays for any number
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA only
 
 
@@ -315,7 +320,7 @@ class TrainConfig(Section):
     grad_clip: float = Field(1.0, gt=0)
     threads: int | None = Field(1, ge=1)  # torch and numba CPU threads; null = their defaults
     seeds: int = Field(3, ge=1)  # seeds per (variant, fold): seed, seed + 1, ...; the first is the primary
-    workers: int = Field(1, ge=1)  # runs of one stage trained at once (forked processes; results do not depend on it)
+    workers: Workers = "auto"  # runs of one stage trained at once (forked processes; the same bytes for any number)
     out: str = "outputs/models"  # <out>/<level>/<variant>/fold<k>/seed<s>/
 
 

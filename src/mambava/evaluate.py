@@ -247,7 +247,9 @@ _EVAL_CACHE: dict = {}  # per worker process: loaded videos
 
 def _eval_job(args) -> dict:
     cfg, variant, level, fold, seed = args
-    return run(cfg, variant, fold, level, seed, cache=_EVAL_CACHE.setdefault(level, {}))
+    from mambava.runtime import inputs_key
+
+    return run(cfg, variant, fold, level, seed, cache=_EVAL_CACHE.setdefault(inputs_key(cfg, level), {}))
 
 
 def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None = None) -> dict:
@@ -255,7 +257,7 @@ def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None =
     Writes ``<evaluate.out>/<level>/<variant>.json``: validation and test CCCs of every fold and
     seed, flat keys (``fold0/seed42/test/p_va``) so that ``dvc metrics diff`` compares them."""
     from mambava.data.windows import read_folds
-    from mambava.runtime import level_skipped, parallel_map, seeds_of
+    from mambava.runtime import level_skipped, parallel_map, resolve_workers, seeds_of
 
     root = Path(cfg.evaluate.out) / level
     why = level_skipped(cfg, level)
@@ -267,7 +269,7 @@ def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None =
     if folds is None:
         folds = range(0, int(read_folds(cfg.folds.file)["cv_fold"].max()) + 1)
     jobs = [(fold, seed) for fold in folds for seed in seeds_of(cfg.train)]
-    results = parallel_map(_eval_job, [(cfg, variant, level, f, s) for f, s in jobs], cfg.train.workers)
+    results = parallel_map(_eval_job, [(cfg, variant, level, f, s) for f, s in jobs], resolve_workers(cfg.train.workers))
     flat: dict = {}
     for (fold, seed), r in zip(jobs, results):
         for split, m in r.items():

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from mambava.io import write_torch
+from mambava.workers import cpu_count, resolve_workers  # noqa: F401 (re-exported)
 
 LEVELS = ("mae", "oracle")  # the signal ladder's trained rungs: the frame encoder's features (pixel path), the twin's rendered parameters
 
@@ -104,6 +105,14 @@ def parallel_map(fn, items: list, workers: int | None) -> list:
 
     with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=mp.get_context("fork")) as pool:
         return list(pool.map(fn, items))
+
+
+def inputs_key(cfg, level: str) -> tuple:
+    """What a process-wide cache of loaded videos (train's and evaluate's workers) is valid for:
+    the level and the absolute paths of the index, folds and feature folders, so that two projects
+    run in one process (tests, notebooks) never share videos."""
+    return (level, *(str(Path(p).resolve()) for p in (cfg.data.index, cfg.folds.file, cfg.features.dir,
+                                                      cfg.ladder.oracle_dir)))
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -24,11 +24,13 @@ from mambava.resume import content_digest
 from mambava.runtime import (
     check_device,
     environment,
+    inputs_key,
     level_features,
     level_skipped,
     parallel_map,
     peak_memory,
     resolve_device,
+    resolve_workers,
     seeds_of,
     set_threads,
     train_dir,
@@ -178,7 +180,7 @@ _JOB_CACHE: dict = {}  # per worker process: the loaded videos of the folds it h
 
 def _train_job(args) -> dict:
     cfg, variant, level, fold, seed, progress = args
-    cache = _JOB_CACHE.setdefault((level, fold), {})
+    cache = _JOB_CACHE.setdefault((*inputs_key(cfg, level), fold), {})
     return run(cfg, variant, fold, level, seed, progress=progress, cache=cache)
 
 
@@ -203,7 +205,7 @@ def run_all(cfg, variant: str, level: str = "mae", folds: Sequence[int] | None =
         folds = range(0, k + 1)
     jobs = [(fold, seed) for fold in folds for seed in seeds_of(cfg.train)]
     # under torchrun the ranks share each run (DDP); forked workers would split them again
-    workers = 1 if distributed.from_env()[1] > 1 else cfg.train.workers
+    workers = 1 if distributed.from_env()[1] > 1 else resolve_workers(cfg.train.workers)
     results = parallel_map(_train_job, [(cfg, variant, level, f, s, progress) for f, s in jobs], workers)
     runs = {f"fold{f}/seed{s}": {k: m[k] for k in ("ccc_valence", "ccc_arousal", "p_va", "best_step")}
             for (f, s), m in zip(jobs, results)}

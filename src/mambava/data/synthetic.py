@@ -85,6 +85,7 @@ import numpy as np
 from mambava.data.affwild2 import ANNOTATIONS, CROPS, SPLIT_DIRS, UNLABELLED, write_annotation
 from mambava.data.render import Renderer, expression_track, sample_identity
 from mambava.io import replace_dir
+from mambava.workers import resolve_workers
 
 SPLITS = ("train", "validation", "test")
 _RESOLUTIONS = [(1280, 720), (640, 360), (1920, 1080), (480, 360), (960, 540)]
@@ -273,8 +274,9 @@ def generate_twin(cfg, root: str | Path, test_labels: str | Path, truth_dir: str
     rows = []
     total = sum(p.n_frames for p in plans)
     with tqdm(total=total, unit="frame", desc="synthetic twin", unit_scale=True, mininterval=1.0) as bar:
-        if cfg.workers > 1:
-            with mp.get_context("fork").Pool(cfg.workers) as pool:
+        workers = min(resolve_workers(cfg.workers), len(jobs) or 1)
+        if workers > 1:
+            with mp.get_context("fork").Pool(workers) as pool:
                 for row in pool.imap_unordered(_worker, jobs):
                     rows.append(row)
                     bar.update(row["n_frames"])

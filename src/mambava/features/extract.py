@@ -279,7 +279,7 @@ def run(cfg) -> dict:
     """The `features` stage: the fine-tuned encoder over every frame of the index."""
     from mambava.features.frames import load_index
     from mambava.features.mae import EncoderSpec, load_encoder
-    from mambava.runtime import resolve_device
+    from mambava.runtime import resolve_device, resolve_workers
 
     enc_cfg = cfg.mae_pretrain.encoder
     spec = EncoderSpec.from_config(enc_cfg)
@@ -298,6 +298,6 @@ def run(cfg) -> dict:
     fc = cfg.features
     return extract_features(
         load_index(cfg.data.index), encoder, fc.dir, spec.img_size, enc_cfg.mean, enc_cfg.std,
-        batch_size=fc.batch_size, num_workers=fc.num_workers, device=device,
+        batch_size=fc.batch_size, num_workers=resolve_workers(fc.num_workers, 0), device=device,
         precision=fc.precision, fingerprint=fingerprint, ddp=ddp,
     )

@@ -341,14 +341,13 @@ def run(cfg, ship: bool = False, max_minutes: float | None = None, progress: boo
     """``mambava pretrain-faces``: pretrain ``mae_pretrain.encoder`` on the population (resumable);
     when done, write ``<out>/face_encoder.safetensors`` and ``<out>/metrics.json``, and with ``ship``
     copy the file to ``mae_pretrain.checkpoint`` (its SHA-256 goes into params.yaml by hand)."""
-    import os
-
     from mambava.data.population import population
     from mambava.features.mae import EncoderSpec, build_encoder
     from mambava.io import file_sha256, write_bytes, write_json
+    from mambava.workers import cpu_count
 
     fp, enc_cfg = cfg.face_pretrain, cfg.mae_pretrain.encoder
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cpu_count()
     torch.set_num_threads(fp.threads or cores)
     spec = EncoderSpec.from_config(enc_cfg)
     pspec = population_spec(cfg)

@@ -30,7 +30,7 @@ from mambava.features.mae import EncoderSpec, load_encoder, save_checkpoint
 from mambava.features.pretrain import checkpoint_file as pretrain_checkpoint
 from mambava.schedules import param_groups, warmup_cosine
 from mambava.io import write_json, write_timing
-from mambava.runtime import resolve_device
+from mambava.runtime import resolve_device, resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def run(cfg) -> dict:
     ds = FrameDataset(dirs, frames, video_of, spec.img_size, enc_cfg.mean, enc_cfg.std, labels=labels, hflip=True,
                       colour_seed=cfg.seed if fc.colour_augment else None)
     gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(ds, batch_size=fc.batch_size, num_workers=fc.num_workers, drop_last=True,
+    loader = DataLoader(ds, batch_size=fc.batch_size, num_workers=resolve_workers(fc.num_workers, 0), drop_last=True,
                         sampler=RandomSampler(ds, replacement=True, num_samples=max(1, fc.steps) * fc.batch_size, generator=gen),
                         pin_memory=device.type == "cuda")
     t0 = time.perf_counter()
@@ -197,7 +197,7 @@ def run(cfg) -> dict:
         pick = np.linspace(0, len(vframes) - 1, fc.val_max_frames).round().astype(int)
         vframes, vvideo_of, vlabels = vframes[pick], vvideo_of[pick], vlabels[pick]
     vds = FrameDataset(vdirs, vframes, vvideo_of, spec.img_size, enc_cfg.mean, enc_cfg.std)
-    vloader = DataLoader(vds, batch_size=256, num_workers=fc.num_workers)
+    vloader = DataLoader(vds, batch_size=256, num_workers=resolve_workers(fc.num_workers, 0))
     pred = predict(model, vloader, device)
     scores = ccc_va(pred, vlabels)
     metrics = {

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from mambava.features.frames import FrameDataset, load_index, split_frames
 from mambava.io import atomic_path, write_json, write_timing
-from mambava.runtime import resolve_device
+from mambava.runtime import resolve_device, resolve_workers
 from mambava.schedules import param_groups, warmup_cosine
 from mambava.features.mae import (
     EncoderSpec,
@@ -223,7 +223,7 @@ def run(cfg) -> dict:
         ds = FrameDataset(dirs, frames, video_of, spec.img_size, enc.mean, enc.std, hflip=True)
         gen = torch.Generator().manual_seed(cfg.seed)
         sampler = RandomSampler(ds, replacement=True, num_samples=pc.steps * pc.batch_size, generator=gen)
-        loader = DataLoader(ds, batch_size=pc.batch_size, sampler=sampler, num_workers=pc.num_workers,
+        loader = DataLoader(ds, batch_size=pc.batch_size, sampler=sampler, num_workers=resolve_workers(pc.num_workers, 0),
                             pin_memory=device.type == "cuda", drop_last=True)
         log.info("MAE pretraining: %s, %d training frames, %d steps of %d", spec.describe(), len(ds), pc.steps, pc.batch_size)
         losses = pretrain(mae, loader, pc.steps, pc.lr, pc.weight_decay, pc.warmup_steps, pc.mask_ratio, device)
