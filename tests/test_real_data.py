@@ -91,7 +91,12 @@ def test_twin_only_parts_are_skipped_with_one_line_each(project):
     assert {k: len(v) for k, v in skips.items()} == want, skips
     lines = [ln for v in skips.values() for ln in v]
     assert all(("ground truth" in ln or "drawn parameters" in ln or "not public" in ln) for ln in lines), lines
-    assert not re.search(r"Traceback|ERROR", out)
+    # ipykernel's own chatter when papermill stops a kernel (not the notebook's): the TCP warning and,
+    # depending on timing, "KeyboardInterrupt caught in kernel" logged at ERROR level
+    quiet = re.sub(r"^\[IPKernelApp\] (?:WARNING|ERROR) \| (?:Kernel is running over TCP|KeyboardInterrupt caught in kernel).*$",
+                   "", out, flags=re.MULTILINE)
+    m = re.search(r"Traceback|ERROR", quiet)
+    assert not m, quiet[max(0, m.start() - 800):m.end() + 300] if m else ""
 
 
 def test_table2_says_the_labels_are_not_public_and_the_submission_is_abaws(project):
