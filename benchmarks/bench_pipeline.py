@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, print_table, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE = re.compile(r"^\s*([\d.]+) (?:Running stage '([^']+)'|Stage '([^']+)' didn't change)")
+STAGE = re.compile(r"^\s*([\d.]+) (?:Running stage '([^']+)'|Stage '([^']+)' (?:didn't change|is cached))")
 GROUPS = (("train@", "train (10 stages)"), ("evaluate@", "evaluate (10 stages)"), ("notebook_", "notebooks"))
 
 
