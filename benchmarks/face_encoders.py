@@ -54,7 +54,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=str(ROOT / "outputs" / "face_population" / "bench.npz"))
     ap.add_argument("--summary", action="store_true")
     ap.add_argument("--probe-only", metavar="CHECKPOINT", help="probe a finished `mambava pretrain-faces` result "
-                    "(its face_encoder.safetensors) instead of training; --candidate and --tag name the row")
+                    "(its face_encoder.safetensors; the encoder is read from its metadata) instead of training; "
+                    "--candidate and --tag name the row")
+    ap.add_argument("--readouts", metavar="ROWS", help="with --probe-only (a ResNet): probe the last map averaged over "
+                    "each of these numbers of horizontal bands (e.g. 1,2,4), one row each: which readout keeps the cues")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.summary:
@@ -97,6 +100,12 @@ def main(argv=None) -> int:
     logging.info("probe: %d population frames of %d people -> %d study validation frames",
                  int(sel.sum()), len(probe_people), len(study))
 
+    if args.probe_only:
+        from safetensors import safe_open
+
+        with safe_open(args.probe_only, "pt") as f:  # the checkpoint's own encoder (what pretrain-faces trained)
+            spec = EncoderSpec(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in json.loads(json.loads(f.metadata()["mambava"])["encoder"]).items()})
     torch.manual_seed(0)
     encoder = build_encoder(spec)
     if args.probe_only:
@@ -142,6 +151,8 @@ def probe_only(args, spec, encoder, images, drawn, groups, study, mean, std, obj
     recipe = json.loads(meta["recipe"])
     metrics_file = Path(args.probe_only).with_name("metrics.json")
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    if args.readouts:
+        return readouts(args, spec, encoder, images, drawn, groups, study, mean, std, meta, recipe)
     scores = encoder_probe(encoder, spec.img_size, mean, std, images, drawn, groups, study.images, study.drawn)
     name = args.candidate + (f"-{args.tag}" if args.tag else "")
     seconds = metrics.get("train_seconds", 0.0)
@@ -151,6 +162,37 @@ def probe_only(args, spec, encoder, images, drawn, groups, study, mean, std, obj
            "seconds_per_step": round(seconds / recipe["steps"], 3), "loss": [metrics.get("loss_last")]}
     write_json(OUT_DIR / f"{name}.json", out)
     print(name, scores)
+    return 0
+
+
+def readouts(args, spec, encoder, images, drawn, groups, study, mean, std, meta, recipe) -> int:
+    """The probe of one checkpoint's last feature map under several readouts: the map averaged over
+    1 (timm's global average), 2, ... horizontal bands (:class:`mambava.features.mae.BandPool`).
+    Writes benchmarks/results/face_readouts-<tag>.json (not a candidate row)."""
+    import torch
+
+    from mambava.features.facepretrain import prepare
+    from mambava.features.mae import BandPool
+    from mambava.features.probe import probe_scores
+    from mambava.io import write_json
+
+    encoder.eval()
+
+    @torch.inference_mode()
+    def last_map(x):
+        return torch.cat([encoder.forward_features(prepare(x[i:i + 256], spec.img_size, mean, std))
+                          for i in range(0, len(x), 256)])
+
+    train_map, test_map = last_map(images), last_map(study.images)
+    rows = []
+    for k in (int(r) for r in args.readouts.split(",")):
+        pool = BandPool(k)
+        scores = probe_scores(pool(train_map).numpy(), drawn, groups, pool(test_map).numpy(), study.drawn)
+        rows.append({"bands": k, "dim": int(k * train_map.shape[1]), **scores})
+        print(f"{k} band(s), {rows[-1]['dim']}-d:", {c: v for c, v in scores.items() if c.startswith("r_")})
+    out = {"checkpoint": args.probe_only, "encoder": spec.describe(), "population": meta["population"], "recipe": recipe,
+           "machine": machine(), "probe_frames": int(len(images)), "study_frames": int(len(study)), "rows": rows}
+    write_json(OUT_DIR.parent / f"face_readouts-{args.tag or 'checkpoint'}.json", out)
     return 0
 
 

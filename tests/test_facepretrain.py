@@ -70,6 +70,51 @@ def test_feature_map_pooled_is_the_encoders_own_output(arch):
     assert fmap.shape == (3, 16, 2, 2)
 
 
+def test_band_pool_against_a_loop_over_rows():
+    from mambava.features.mae import BandPool
+
+    x = torch.randn(2, 3, 5, 4, generator=torch.Generator().manual_seed(0))
+    for rows, bands in [(1, [(0, 5)]), (2, [(0, 2), (2, 5)]), (3, [(0, 2), (2, 3), (3, 5)])]:  # round(i * 5 / rows)
+        want = np.zeros((2, 3 * rows))
+        for b in range(2):
+            for k, (top, bottom) in enumerate(bands):
+                for c in range(3):
+                    want[b, 3 * k + c] = np.mean([float(x[b, c, i, j]) for i in range(top, bottom) for j in range(4)])
+        np.testing.assert_allclose(BandPool(rows)(x).numpy(), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="6 bands of a map 5 rows high"):
+        BandPool(6)(x)
+
+
+def test_a_two_band_resnet_reads_the_upper_and_lower_half_of_its_last_map():
+    spec = EncoderSpec(**{**RESNET, "embed_dim": 32, "pool_rows": 2})
+    torch.manual_seed(0)
+    enc = build_encoder(spec).eval()
+    x = torch.randn(2, 3, 64, 64)  # a 4x4 last map
+    fmap = enc.forward_features(x)
+    out = enc(x)
+    assert fmap.shape == (2, 16, 4, 4) and out.shape == (2, 32)
+    torch.testing.assert_close(out[:, :16], fmap[:, :, :2].mean((2, 3)))
+    torch.testing.assert_close(out[:, 16:], fmap[:, :, 2:].mean((2, 3)))
+    model = FP.FacePretrainer(enc, spec.embed_dim, spec.patch_size)  # the reconstruction head reads the map's 16 channels
+    va, fm = model(x)
+    assert va.shape == (2, 2) and model.reconstruct(fm).shape == (2, 3, 64, 64)
+    assert "pool_rows" not in str(sorted(enc.state_dict()))  # no weights: a 1-band checkpoint loads into it
+
+
+def test_pool_rows_must_fit_embed_dim_and_the_arch():
+    from pydantic import ValidationError
+
+    from mambava.config_sections import EncoderConfig
+
+    EncoderConfig(**{**RESNET, "embed_dim": 32, "pool_rows": 2})
+    with pytest.raises(ValidationError, match="last stage's width 16 x pool_rows 2"):
+        EncoderConfig(**{**RESNET, "pool_rows": 2})
+    with pytest.raises(ValidationError, match="pool_rows is for arch resnet"):
+        EncoderConfig(img_size=32, patch_size=16, embed_dim=16, depth=1, num_heads=2, pool_rows=2)
+    with pytest.raises(ValidationError, match="exceeds the rows"):
+        EncoderConfig(**{**RESNET, "embed_dim": 48, "pool_rows": 3})
+
+
 def test_pretraining_gives_the_same_bytes_twice_and_resumes_to_them(tmp_path):
     a, b, c = (tmp_path / d for d in "abc")
     for d in (a, b, c):

@@ -123,6 +123,9 @@ class EncoderConfig(Section):
     mlp_ratio: float = Field(4.0, gt=0)
     channels: list[int] | None = None  # resnet: width of each stage; the last = embed_dim
     layers: list[int] | None = None  # resnet: basic blocks per stage
+    # resnet: the last map is averaged over this many horizontal bands, top to bottom, concatenated
+    # (1 = global average; 2 = the upper half, eyes and brows, and the lower half, the mouth)
+    pool_rows: int = Field(1, ge=1)
     mean: list[float] = Field(default_factory=lambda: list(FACE_MEAN), min_length=3, max_length=3)
     std: list[float] = Field(default_factory=lambda: list(FACE_STD), min_length=3, max_length=3)
 
@@ -130,13 +133,19 @@ class EncoderConfig(Section):
     def _check(self) -> "EncoderConfig":
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} must be a multiple of patch_size {self.patch_size}")
+        if self.arch == "vit" and self.pool_rows != 1:
+            raise ValueError("pool_rows is for arch resnet (a ViT's feature is its CLS token)")
         if self.arch == "vit" and self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} must be a multiple of num_heads {self.num_heads}")
         if self.arch == "resnet":
             if not self.channels or not self.layers or len(self.channels) != len(self.layers):
                 raise ValueError("arch resnet needs channels and layers, one entry per stage")
-            if self.channels[-1] != self.embed_dim:
-                raise ValueError(f"embed_dim {self.embed_dim} must equal the last stage's width {self.channels[-1]}")
+            if self.channels[-1] * self.pool_rows != self.embed_dim:
+                raise ValueError(f"embed_dim {self.embed_dim} must equal the last stage's width {self.channels[-1]} "
+                                 f"x pool_rows {self.pool_rows}")
+            if self.pool_rows > self.img_size // self.patch_size:
+                raise ValueError(f"pool_rows {self.pool_rows} exceeds the rows of the last map "
+                                 f"({self.img_size // self.patch_size})")
             if self.patch_size not in (8, 16, 32):
                 raise ValueError(f"arch resnet: patch_size (the output stride) must be 8, 16 or 32, not {self.patch_size}")
         return self

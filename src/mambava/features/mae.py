@@ -55,6 +55,7 @@ class EncoderSpec:
     arch: str = "vit"  # vit | resnet
     channels: tuple[int, ...] = ()  # resnet: the width of each stage (embed_dim = the last)
     layers: tuple[int, ...] = ()  # resnet: basic blocks per stage
+    pool_rows: int = 1  # resnet: horizontal bands of the last map, averaged and concatenated
 
     @classmethod
     def from_config(cls, cfg) -> "EncoderSpec":
@@ -68,30 +69,59 @@ class EncoderSpec:
             arch=getattr(cfg, "arch", "vit"),
             channels=tuple(getattr(cfg, "channels", ()) or ()),
             layers=tuple(getattr(cfg, "layers", ()) or ()),
+            pool_rows=int(getattr(cfg, "pool_rows", 1) or 1),
         )
 
     def describe(self) -> str:
         if self.arch == "resnet":
+            pool = "global average" if self.pool_rows == 1 else f"averaged over {self.pool_rows} horizontal bands"
             return (f"ResNet, {self.img_size}x{self.img_size}, stages {'-'.join(map(str, self.channels))} "
-                    f"x {'-'.join(map(str, self.layers))} blocks, output stride {self.patch_size}, dim {self.embed_dim}")
+                    f"x {'-'.join(map(str, self.layers))} blocks, output stride {self.patch_size}, last map {pool}, "
+                    f"dim {self.embed_dim}")
         return (
             f"ViT patch {self.patch_size}, {self.img_size}x{self.img_size}, dim {self.embed_dim}, "
             f"depth {self.depth}, heads {self.num_heads}"
         )
 
 
+class BandPool(nn.Module):
+    """The mean of a feature map (B, C, H, W) over ``rows`` horizontal bands, top to bottom, as one
+    vector (B, rows * C): band 0's channels first. ``rows=1`` is the global average. On an aligned
+    face crop two bands keep the eyes and brows apart from the mouth, which one global average mixes
+    (benchmarks/face_encoders.py --readout measures it)."""
+
+    def __init__(self, rows: int):
+        super().__init__()
+        self.rows = int(rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.shape[-2]
+        if self.rows > h:
+            raise ValueError(f"BandPool: {self.rows} bands of a map {h} rows high")
+        edges = [round(i * h / self.rows) for i in range(self.rows + 1)]
+        return torch.cat([x[:, :, a:b].mean((2, 3)) for a, b in zip(edges[:-1], edges[1:])], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"rows={self.rows}"
+
+
 def build_resnet(spec: EncoderSpec):
     """timm's ResNet of basic blocks, widths ``spec.channels``, output stride ``spec.patch_size``
-    (dilated last stages), no classifier: forward gives the global average of the last map."""
+    (dilated last stages), no classifier: forward gives the last map averaged over
+    ``spec.pool_rows`` horizontal bands (:class:`BandPool`; 1 = timm's global average)."""
     from timm.models.resnet import BasicBlock, ResNet
 
     if not spec.channels or len(spec.channels) != len(spec.layers):
         raise ValueError(f"resnet encoder: channels {spec.channels} and layers {spec.layers} must have one entry per stage")
-    if spec.channels[-1] != spec.embed_dim:
-        raise ValueError(f"resnet encoder: embed_dim {spec.embed_dim} must equal the last stage width {spec.channels[-1]}")
+    if spec.channels[-1] * spec.pool_rows != spec.embed_dim:
+        raise ValueError(f"resnet encoder: embed_dim {spec.embed_dim} must equal the last stage width "
+                         f"{spec.channels[-1]} x pool_rows {spec.pool_rows}")
     enc = ResNet(BasicBlock, layers=tuple(spec.layers), channels=tuple(spec.channels), stem_width=spec.channels[0],
                  output_stride=spec.patch_size, num_classes=0, global_pool="avg")
+    if spec.pool_rows != 1:
+        enc.global_pool = BandPool(spec.pool_rows)
     enc.embed_dim = spec.embed_dim
+    enc.map_dim = spec.channels[-1]
     return enc
 
 
