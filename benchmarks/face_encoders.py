@@ -167,12 +167,12 @@ def probe_only(args, spec, encoder, images, drawn, groups, study, mean, std, obj
 
 def readouts(args, spec, encoder, images, drawn, groups, study, mean, std, meta, recipe) -> int:
     """The probe of one checkpoint's last feature map under several readouts: the map averaged over
-    1 (timm's global average), 2, ... horizontal bands (:class:`mambava.features.mae.BandPool`).
+    1 (timm's global average), 2, ... horizontal bands (:class:`mambava.features.resnet.BandPool`).
     Writes benchmarks/results/face_readouts-<tag>.json (not a candidate row)."""
     import torch
 
     from mambava.features.facepretrain import prepare
-    from mambava.features.mae import BandPool
+    from mambava.features.resnet import BandPool
     from mambava.features.probe import probe_scores
     from mambava.io import write_json
 

@@ -71,7 +71,7 @@ def test_feature_map_pooled_is_the_encoders_own_output(arch):
 
 
 def test_band_pool_against_a_loop_over_rows():
-    from mambava.features.mae import BandPool
+    from mambava.features.resnet import BandPool
 
     x = torch.randn(2, 3, 5, 4, generator=torch.Generator().manual_seed(0))
     for rows, bands in [(1, [(0, 5)]), (2, [(0, 2), (2, 5)]), (3, [(0, 2), (2, 3), (3, 5)])]:  # round(i * 5 / rows)

@@ -84,53 +84,14 @@ class EncoderSpec:
         )
 
 
-class BandPool(nn.Module):
-    """The mean of a feature map (B, C, H, W) over ``rows`` horizontal bands, top to bottom, as one
-    vector (B, rows * C): band 0's channels first. ``rows=1`` is the global average. On an aligned
-    face crop two bands keep the eyes and brows apart from the mouth, which one global average mixes
-    (benchmarks/face_encoders.py --readout measures it)."""
-
-    def __init__(self, rows: int):
-        super().__init__()
-        self.rows = int(rows)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.shape[-2]
-        if self.rows > h:
-            raise ValueError(f"BandPool: {self.rows} bands of a map {h} rows high")
-        edges = [round(i * h / self.rows) for i in range(self.rows + 1)]
-        return torch.cat([x[:, :, a:b].mean((2, 3)) for a, b in zip(edges[:-1], edges[1:])], dim=1)
-
-    def extra_repr(self) -> str:
-        return f"rows={self.rows}"
-
-
-def build_resnet(spec: EncoderSpec):
-    """timm's ResNet of basic blocks, widths ``spec.channels``, output stride ``spec.patch_size``
-    (dilated last stages), no classifier: forward gives the last map averaged over
-    ``spec.pool_rows`` horizontal bands (:class:`BandPool`; 1 = timm's global average)."""
-    from timm.models.resnet import BasicBlock, ResNet
-
-    if not spec.channels or len(spec.channels) != len(spec.layers):
-        raise ValueError(f"resnet encoder: channels {spec.channels} and layers {spec.layers} must have one entry per stage")
-    if spec.channels[-1] * spec.pool_rows != spec.embed_dim:
-        raise ValueError(f"resnet encoder: embed_dim {spec.embed_dim} must equal the last stage width "
-                         f"{spec.channels[-1]} x pool_rows {spec.pool_rows}")
-    enc = ResNet(BasicBlock, layers=tuple(spec.layers), channels=tuple(spec.channels), stem_width=spec.channels[0],
-                 output_stride=spec.patch_size, num_classes=0, global_pool="avg")
-    if spec.pool_rows != 1:
-        enc.global_pool = BandPool(spec.pool_rows)
-    enc.embed_dim = spec.embed_dim
-    enc.map_dim = spec.channels[-1]
-    return enc
-
-
 def build_encoder(spec: EncoderSpec):
     """The frame encoder of ``spec.arch``: timm's VisionTransformer without a classifier (forward
     gives the CLS after the final norm) or :func:`build_resnet`."""
     from timm.models.vision_transformer import VisionTransformer
 
     if spec.arch == "resnet":
+        from mambava.features.resnet import build_resnet
+
         return build_resnet(spec)
     if spec.arch != "vit":
         raise ValueError(f"encoder arch {spec.arch!r}: vit | resnet")
