@@ -87,12 +87,12 @@ class FacePretrainer(nn.Module):
     """An encoder with the heads of the objectives: ``va_head`` (Linear(D, 2)) and ``mim_head``
     (1x1 convolution to ``patch**2 * 3`` channels, then a pixel shuffle back to the image size)."""
 
-    def __init__(self, encoder: nn.Module, dim: int, patch: int = 16, map_dim: int | None = None):
+    def __init__(self, encoder: nn.Module, dim: int, patch: int = 16):
         super().__init__()
         self.encoder = encoder
         self.patch = patch
         self.va_head = nn.Linear(dim, 2)
-        map_dim = map_dim or getattr(encoder, "map_dim", dim)  # the last map's channels (a ResNet's band pool widens dim)
+        map_dim = getattr(encoder, "map_dim", dim)  # the last map's channels (a ResNet's band pool widens dim)
         self.mim_head = nn.Sequential(nn.Conv2d(map_dim, patch * patch * 3, 1), nn.PixelShuffle(patch))
         nn.init.zeros_(self.va_head.bias)
         nn.init.normal_(self.va_head.weight, std=0.01)
