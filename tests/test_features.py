@@ -174,6 +174,32 @@ def test_bf16_on_cuda_is_close_to_fp32_on_cpu(tmp_path):
         np.testing.assert_allclose(b.astype(np.float32), a.astype(np.float32), atol=0.1, rtol=0.05)
 
 
+def test_a_convolutional_encoder_runs_channels_last_with_the_default_layouts_features(tmp_path):
+    """The default ResNet is run channels-last on a CPU; its stored features must be the encoder's
+    output in the default layout on the plain formula's images (to float16 storage)."""
+    from mambava.config import load_config
+    from mambava.features.extract import channels_last
+    from mambava.features.frames import load_image
+    from mambava.features.mae import EncoderSpec, build_encoder
+
+    spec = EncoderSpec.from_config(load_config(Path(__file__).parents[1] / "params.yaml").mae_pretrain.encoder)
+    torch.manual_seed(0)
+    enc = build_encoder(spec).eval()
+    assert channels_last(enc, torch.device("cpu")) and not channels_last(MeanColour(FACE_MEAN, FACE_STD), torch.device("cpu"))
+    index_path = make_layout(tmp_path / "data", {"a": {"split": "train", "n_frames": 9}})
+    row = load_index(index_path).iloc[0]
+    with torch.no_grad():
+        imgs = torch.stack([load_image(Path(row.path) / f"{f:05d}.jpg", spec.img_size, FACE_MEAN, FACE_STD)
+                            for f in range(1, 10)])
+        ref_enc = build_encoder(spec).eval()
+        ref_enc.load_state_dict(enc.state_dict())
+        want = ref_enc(imgs.contiguous()).numpy()
+    extract_features(load_index(index_path), enc, tmp_path / "f", spec.img_size, FACE_MEAN, FACE_STD, batch_size=4,
+                     progress=False)
+    got, _ = load_features(tmp_path / "f", "a")
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2e-3, atol=2e-3)
+
+
 def test_uint8_loading_normalised_on_the_device_equals_the_float_formula(tmp_path):
     """Extraction ships uint8 images and normalises where the batch lands; the result must be the
     plain formula (pixel / 255 - mean) / std of the resized RGB image, written here with PIL and

@@ -193,6 +193,39 @@ def test_tcn_is_causal_with_the_stated_receptive_field():
         torch.testing.assert_close(tcn(x_out)[:, t], base[:, t])
 
 
+def _tcn_by_conv1d(tcn: TCN, x: torch.Tensor) -> torch.Tensor:
+    """The TCN written the textbook way (Bai et al.): channels first, left padding, F.conv1d,
+    F.prelu; an independent reference for the model's channels-last matrix-product form."""
+    h = x.transpose(1, 2)
+    for lvl in tcn.levels:
+        def conv(inp, c):
+            return F.conv1d(F.pad(inp, (lvl.pad, 0)), c.weight, c.bias, dilation=c.dilation)
+        out = F.prelu(conv(h, lvl.conv1), lvl.act1.weight)
+        out = F.prelu(conv(out, lvl.conv2), lvl.act2.weight)
+        res = h if lvl.downsample is None else F.conv1d(h, lvl.downsample.weight, lvl.downsample.bias)
+        h = F.prelu(out + res, lvl.act.weight)
+    return h.transpose(1, 2)
+
+
+@pytest.mark.parametrize("kernel,channels", [(3, [8, 8, 4]), (5, [6, 6]), (15, [12, 10, 8, 6])])
+def test_tcn_matches_conv1d_values_and_gradients(kernel, channels):
+    torch.manual_seed(kernel)
+    tcn = TCN(7, channels, kernel=kernel, dropout=0.0)
+    with torch.no_grad():  # slopes away from the 0.25 default, some negative inputs of each sign
+        for lvl in tcn.levels:
+            for act in (lvl.act1, lvl.act2, lvl.act):
+                act.weight.uniform_(-0.5, 0.8)
+    x = torch.randn(3, 150, 7, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, ref = tcn(x), _tcn_by_conv1d(tcn, x_ref)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, *tcn.parameters()], g)
+    grads_ref = torch.autograd.grad(ref, [x_ref, *tcn.parameters()], g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_tcn_weight_norm_and_old_style_keys():
     tcn = TCN(4, [6, 6], kernel=5)
     block = tcn.levels[0]
@@ -328,6 +361,26 @@ def test_local_attention_sees_exactly_its_window():
         h3 = h.clone()
         h3[:, t - w + 1] += 1.0  # the oldest frame inside the window
         assert not torch.allclose(model.temporal(h3)[:, t], full[:, t])
+
+
+@pytest.mark.parametrize("w,block,length", [(16, 128, 100), (16, 5, 100), (32, 7, 33), (8, 8, 64)])
+def test_banded_attention_equals_one_dense_band_mask(w, block, length):
+    """The blocked band (any block size, any length) against one SDPA call over the whole
+    sequence under a dense band mask (i - w < j <= i): values and gradients."""
+    from mambava.models.transformer import TransformerLayer
+
+    torch.manual_seed(w + block)
+    layer = TransformerLayer(16, 2, 0.0, causal=True, window=w)
+    layer.query_block = block
+    q, k, v = (torch.randn(3, 2, length, 8, requires_grad=True) for _ in range(3))
+    i = torch.arange(length)
+    band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - w)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=band)
+    out = layer._attend(q, k, v, 0.0)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_a_log_and_d_get_no_weight_decay():

@@ -152,6 +152,13 @@ def _kill_after(ddp: distributed.Dist) -> int:
     return int(os.environ.get(KILL_AFTER_ENV, "-1"))
 
 
+def channels_last(encoder: nn.Module, device: torch.device) -> bool:
+    """Whether to run ``encoder`` channels-last: a convolutional one (batch norm) on a CPU, where
+    oneDNN encodes the default ResNet at 64x64 1.4 times faster than in the default layout (the
+    same features to float rounding; tests/test_features.py)."""
+    return device.type == "cpu" and any(isinstance(m, nn.BatchNorm2d) for m in encoder.modules())
+
+
 def extract_features(
     index,
     encoder: nn.Module,
@@ -187,7 +194,8 @@ def extract_features(
     skipped = skipped if ddp.is_main else 0
     todo, n_beyond = _worklist(index, shards[ddp.rank])
     ds, loader = _frame_loader(todo, img_size, mean, std, batch_size, num_workers, device)
-    encoder = encoder.to(device).eval()
+    layout = torch.channels_last if channels_last(encoder, device) else torch.contiguous_format
+    encoder = encoder.to(device, memory_format=layout).eval()
     autocast = precision == "bf16" and device.type == "cuda"
     writer = _VideoWriter(todo, out_dir, dim, encoder, img_size, device, _kill_after(ddp))
     frames_done = 0
@@ -199,7 +207,8 @@ def extract_features(
             k = int(ds.video_of[int(idx[0])])
             writer.empty_until(k)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = encoder(normalise(images.to(device, non_blocking=True), mean, std))
+                batch = normalise(images.to(device, non_blocking=True), mean, std)
+                out = encoder(batch.contiguous(memory_format=layout))
             # kept on the device until the video is complete: no host sync per batch, so the
             # next batch is queued while the GPU still works on this one
             pending.setdefault(k, []).append(out.float())

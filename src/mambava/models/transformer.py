@@ -55,19 +55,70 @@ class TransformerLayer(nn.Module):
         l, w = q.shape[2], self.window
         if not self.causal or w <= 0 or l <= w:
             return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p)
-        # Blocks of w queries attend to their own block and the one before, through a band mask:
-        # key j is visible to query i when i - w < j <= i. Memory and time linear in l.
-        out = torch.empty_like(q)
-        qi = torch.arange(w, device=q.device)
-        for start in range(0, l, w):
-            stop = min(start + w, l)
-            k0 = max(0, start - w)
-            qpos = start + qi[: stop - start]
-            kpos = torch.arange(k0, stop, device=q.device)
-            mask = (kpos[None, :] <= qpos[:, None]) & (kpos[None, :] > qpos[:, None] - w)
-            out[:, :, start:stop] = F.scaled_dot_product_attention(
-                q[:, :, start:stop], k[:, :, k0:stop], v[:, :, k0:stop], attn_mask=mask, dropout_p=p)
-        return out
+        # Blocks of ``query_block`` queries attend to the keys their band reaches, under a band
+        # mask: key j is visible to query i when i - w < j <= i. Memory and time linear in l.
+        # PyTorch's CPU flash kernel skips no masked pair inside a call, so short blocks (128
+        # queries against w + 127 keys, against 512 x 1,024 at w = 512) do a third less work.
+        blocks = _band_blocks(l, w, min(self.query_block, w), q.device)
+        if q.device.type == "cpu" and p == 0.0 and torch.is_grad_enabled():
+            return _BandAttentionCPU.apply(q, k, v, blocks)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        return torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, k0:b], v[:, :, k0:b], attn_mask=m,
+                                                         dropout_p=p) for a, b, k0, m in blocks], dim=2)
+
+    query_block: int = 128  # queries per attention call in the banded path (same result for any)
+
+
+def _band_blocks(length: int, w: int, c: int, device) -> list[tuple[int, int, int, torch.Tensor]]:
+    """(first query, end, first key, band mask) per block of ``c`` queries."""
+    blocks = []
+    for start in range(0, length, c):
+        stop = min(start + c, length)
+        k0 = max(0, start - w + 1)
+        qpos = torch.arange(start, stop, device=device)
+        kpos = torch.arange(k0, stop, device=device)
+        blocks.append((start, stop, k0, (kpos[None, :] <= qpos[:, None]) & (kpos[None, :] > qpos[:, None] - w)))
+    return blocks
+
+
+_flash_fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+class _BandAttentionCPU(torch.autograd.Function):
+    """The blocked band on PyTorch's CPU flash kernel, forward and backward, with each block's
+    gradients added into one buffer per input. (Autograd through the blocks' slices would fill a
+    zero tensor the size of q, k and v for every block: a tenth of a training step.)"""
+
+    @staticmethod
+    def forward(ctx, q, k, v, blocks):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        # the kernel takes an additive mask of the query's dtype (SDPA converts a boolean one so)
+        blocks = [(a, b, k0, torch.zeros(m.shape, dtype=q.dtype, device=q.device).masked_fill_(~m, float("-inf")))
+                  for a, b, k0, m in blocks]
+        outs, lses = [], []
+        for a, b, k0, mask in blocks:
+            o, lse = _flash_fwd(q[:, :, a:b], k[:, :, k0:b], v[:, :, k0:b], attn_mask=mask)
+            outs.append(o)
+            lses.append(lse)
+        ctx.blocks = blocks
+        ctx.save_for_backward(q, k, v, *outs, *lses)
+        return torch.cat(outs, dim=2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, *rest = ctx.saved_tensors
+        n = len(ctx.blocks)
+        outs, lses = rest[:n], rest[n:]
+        grad = grad.contiguous()
+        gq, gk, gv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for (a, b, k0, mask), o, lse in zip(ctx.blocks, outs, lses):
+            dq, dk, dv = _flash_bwd(grad[:, :, a:b], q[:, :, a:b], k[:, :, k0:b], v[:, :, k0:b], o, lse, 0.0, False,
+                                    attn_mask=mask)
+            gq[:, :, a:b] = dq
+            gk[:, :, k0:b] += dk
+            gv[:, :, k0:b] += dv
+        return gq, gk, gv, None
 
 
 class TransformerEncoder(nn.Module):
