@@ -4,6 +4,7 @@
     python benchmarks/bench_temporal.py --repeats 3  # a quicker look
     python benchmarks/bench_temporal.py --parts      # inside one step: data, forward, loss, backward, optimiser
     python benchmarks/bench_temporal.py --parts --baseline b8d5ef9  # the same with that revision's code, and the ratio
+    python benchmarks/bench_temporal.py --parts --at-once 2 --baseline b8d5ef9  # two copies at once, as the pipeline's two workers
 
 What one optimiser step of `mambava train` costs per variant: forward and backward of the whole
 model (TCN, temporal encoder, head) on a batch of ``train.batch_size`` windows of ``train.window``
@@ -17,7 +18,10 @@ chosen. ``--parts`` times the pieces of one training step as ``mambava train`` r
 (``train._train_step``'s work: gathering a batch of windows from the in-RAM feature copy, the cast,
 forward, the CCC loss, backward, gradient clipping, AdamW and the scheduler) and the whole step;
 ``--baseline REV`` runs the same in a checkout of REV (its code and its params.yaml) and prints
-the ratio per variant. Writes benchmarks/results/temporal.json (or temporal_parts.json).
+the ratio per variant. ``--at-once N`` runs N copies of each measurement at the same time, as
+``train.workers`` runs N trainings at once on N cores: the copies share the caches and the memory
+bandwidth, which slows memory-bound code more than arithmetic (the parts are the mean of the
+copies). Writes benchmarks/results/temporal.json (or temporal_parts.json, temporal_parts_at2.json).
 """
 
 from __future__ import annotations
@@ -128,7 +132,20 @@ def _baseline_tree(rev: str) -> Path:
     return tree
 
 
-def parts_main(variants: list[str], repeats: int, baseline: str | None) -> int:
+def _at_once(copies: int, args: list[str], env: dict) -> dict:
+    """``copies`` workers started together; the parts averaged over them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(copies) as pool:
+        runs = list(pool.map(lambda _: run_worker(__file__, args, timeout=900, env=env), range(copies)))
+    bad = [r for r in runs if "ms" not in r]
+    if bad:
+        return bad[0]
+    ms = {k: round(sum(r["ms"][k] for r in runs) / copies, 2) for k in runs[0]["ms"]}
+    return {**runs[0], "ms": ms, "copies": copies, "step_per_copy": [r["ms"]["step"] for r in runs]}
+
+
+def parts_main(variants: list[str], repeats: int, baseline: str | None, at_once: int = 1) -> int:
     trees = {"now": None}
     if baseline:
         trees = {"baseline": _baseline_tree(baseline), "now": None}
@@ -138,7 +155,7 @@ def parts_main(variants: list[str], repeats: int, baseline: str | None) -> int:
         for label, tree in trees.items():
             env = {"PYTHONPATH": str(tree / "src"), "MAMBAVA_BENCH_ROOT": str(tree)} if tree else {}
             for v in variants:
-                res = run_worker(__file__, ["parts", v, str(repeats)], timeout=900, env=env)
+                res = _at_once(at_once, ["parts", v, str(repeats)], env)
                 results.setdefault(label, {})[v] = res
     finally:
         if baseline:
@@ -161,8 +178,9 @@ def parts_main(variants: list[str], repeats: int, baseline: str | None) -> int:
                 t = results[k].get("transformer", {}).get("ms", {}).get("step")
                 if t and k in mva:
                     print(f"{k}: Transformer step / Mamba-VA step = {t / mva[k]:.2f}")
-    path = write_json("temporal_parts.json", {"machine": machine(), "repeats": repeats, "baseline": baseline,
-                                              "results": results})
+    name = "temporal_parts.json" if at_once == 1 else f"temporal_parts_at{at_once}.json"
+    path = write_json(name, {"machine": machine(), "repeats": repeats, "baseline": baseline, "at_once": at_once,
+                             "results": results})
     print(f"wrote {path}")
     return 0
 
@@ -173,6 +191,8 @@ def main() -> int:
     ap.add_argument("--heads", type=int, nargs="+", default=[1, 2, 4], help="Transformer heads to compare")
     ap.add_argument("--parts", action="store_true", help="time the pieces of one training step (module doc)")
     ap.add_argument("--baseline", metavar="REV", help="with --parts: also run REV's code and params, and the ratio")
+    ap.add_argument("--at-once", type=int, default=1, metavar="N",
+                    help="with --parts: N copies of each measurement at the same time (train.workers N)")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "HEADS", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -184,7 +204,7 @@ def main() -> int:
     from mambava.models import VARIANTS
 
     if args.parts:
-        return parts_main(list(VARIANTS), args.repeats, args.baseline)
+        return parts_main(list(VARIANTS), args.repeats, args.baseline, args.at_once)
 
     jobs = [(v, h) for v in VARIANTS for h in (args.heads if v == "transformer" else [0])]
     rows, results = [], []
