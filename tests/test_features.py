@@ -185,7 +185,8 @@ def test_a_convolutional_encoder_runs_channels_last_with_the_default_layouts_fea
     spec = EncoderSpec.from_config(load_config(Path(__file__).parents[1] / "params.yaml").mae_pretrain.encoder)
     torch.manual_seed(0)
     enc = build_encoder(spec).eval()
-    assert channels_last(enc, torch.device("cpu")) and not channels_last(MeanColour(FACE_MEAN, FACE_STD), torch.device("cpu"))
+    assert channels_last(enc, torch.device("cpu"), spec.img_size, 4)
+    assert not channels_last(MeanColour(FACE_MEAN, FACE_STD), torch.device("cpu"), spec.img_size, 4)
     index_path = make_layout(tmp_path / "data", {"a": {"split": "train", "n_frames": 9}})
     row = load_index(index_path).iloc[0]
     with torch.no_grad():
