@@ -75,20 +75,27 @@ def test_twin_is_the_same_bytes_for_any_number_of_workers(tmp_path):
 
 
 # --------------------------------------------------------------------------- training
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect (issue 25's note, 2026-12-06): `mambava train` with 1 and 2 workers gives different "
+    "bytes for fold 0 (folds 1-2 equal; each count is deterministic run to run), also at 076499d"))
 @pytest.mark.parametrize("variant", ["mamba_va", "transformer"])
 def test_training_is_the_same_bytes_for_any_number_of_workers(tmp_path, monkeypatch, variant):
     """Three folds x two seeds trained one after the other, then two at a time in forked workers:
-    every checkpoint's weights and every reported number are exactly equal."""
-    from mambava import train_runs
-
+    every checkpoint's weights and every reported number are exactly equal. Each leg is the
+    ``mambava train`` command in a process of its own, as DVC runs the stage. (The former form of
+    this test ran both legs inside the pytest process and passed or failed with the tests before it.)"""
     root = make_project(tmp_path, seeds=2)
     monkeypatch.chdir(root)
-    cfg = load_config("params.yaml")
+    raw = yaml.safe_load(Path("params.yaml").read_text())
     results, weights = [], []
     for workers in (1, 2):
         out = Path(f"runs_w{workers}")
-        c = cfg.model_copy(update={"train": cfg.train.model_copy(update={"workers": workers, "out": str(out)})})
-        results.append(train_runs.run_all(c, variant, progress=False)["runs"])
+        params = Path(f"params_w{workers}.yaml")
+        params.write_text(yaml.safe_dump({**raw, "train": {**raw["train"], "workers": workers, "out": str(out)}}))
+        code = "import sys; from mambava.cli import main; sys.exit(main())"
+        subprocess.run([sys.executable, "-c", code, "--params", str(params), "train", "--variant", variant,
+                        "--no-progress"], check=True, capture_output=True)
+        results.append(yaml.safe_load((out / "mae" / f"{variant}.json").read_text())["runs"])
         weights.append({str(p.relative_to(out)): torch.load(p, weights_only=True)["model"]
                         for p in sorted(out.rglob("best.pt"))})
     assert len(weights[0]) == 6 and weights[0].keys() == weights[1].keys()
@@ -102,11 +109,6 @@ def test_training_is_the_same_bytes_for_any_number_of_workers(tmp_path, monkeypa
 
 
 # --------------------------------------------------------------------------- features
-# After the training tests on purpose: a convolution run on two threads in this process before
-# them (this test, or any ResNet forward) makes Mamba-VA's bytes differ between one run in the
-# process and two forked workers, with this revision's code and with 076499d's. Each DVC stage is
-# a process of its own, so the pipeline never trains after a convolution in the same process;
-# the cause is not found yet (issue 25's note).
 def test_features_are_the_same_bytes_for_any_number_of_workers_and_threads(tmp_path):
     """The default encoder's architecture (a small ResNet): DataLoader workers 0 / 2 and one or
     two torch threads for the network give the same arrays."""
