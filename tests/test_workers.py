@@ -75,15 +75,13 @@ def test_twin_is_the_same_bytes_for_any_number_of_workers(tmp_path):
 
 
 # --------------------------------------------------------------------------- training
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (issue 25's note, 2026-12-06): `mambava train` with 1 and 2 workers gives different "
-    "bytes for fold 0 (folds 1-2 equal; each count is deterministic run to run), also at 076499d"))
 @pytest.mark.parametrize("variant", ["mamba_va", "transformer"])
 def test_training_is_the_same_bytes_for_any_number_of_workers(tmp_path, monkeypatch, variant):
     """Three folds x two seeds trained one after the other, then two at a time in forked workers:
     every checkpoint's weights and every reported number are exactly equal. Each leg is the
     ``mambava train`` command in a process of its own, as DVC runs the stage. (The former form of
-    this test ran both legs inside the pytest process and passed or failed with the tests before it.)"""
+    this test ran both legs inside the pytest process and passed or failed with the tests before it;
+    in this form it caught each process's first run on every core, see the test below.)"""
     root = make_project(tmp_path, seeds=2)
     monkeypatch.chdir(root)
     raw = yaml.safe_load(Path("params.yaml").read_text())
@@ -106,6 +104,35 @@ def test_training_is_the_same_bytes_for_any_number_of_workers(tmp_path, monkeypa
     for run, r in results[0].items():
         assert r["best_step"] == results[1][run]["best_step"]
         assert np.array_equal(np.asarray(r["p_va"]), np.asarray(results[1][run]["p_va"]))
+
+
+@pytest.mark.skipif(cpu_count() < 2, reason="needs 2 cores: with one, every thread count is 1")
+def test_set_threads_holds_in_a_fresh_process_and_in_forked_workers():
+    """``set_threads(1)`` is what torch then runs, also where numba's OpenMP layer starts after it
+    (the first call of each process) and in forked workers: the count torch reports and a LayerNorm
+    backward, whose weight gradient sums one partial per thread, against the same sum on 1 thread."""
+    code = """
+import hashlib, torch
+from mambava.runtime import parallel_map, set_threads
+torch.randn(500, 500).sum()  # OpenMP's pool started on every core, as a stage's loading does
+def job(_):
+    set_threads(1)
+    torch.manual_seed(0)
+    x = torch.randn(5, 48, 8, requires_grad=True)
+    w = torch.ones(8, requires_grad=True)
+    torch.nn.functional.layer_norm(x, (8,), w).pow(3).sum().backward()
+    return torch.get_num_threads(), hashlib.sha256(w.grad.numpy().tobytes()).hexdigest()
+print(repr([job(0), *parallel_map(job, [1, 2], 2)]))
+"""
+    ref = ("import hashlib, torch; torch.set_num_threads(1); torch.manual_seed(0); "
+           "x = torch.randn(5, 48, 8, requires_grad=True); w = torch.ones(8, requires_grad=True); "
+           "torch.nn.functional.layer_norm(x, (8,), w).pow(3).sum().backward(); "
+           "print(hashlib.sha256(w.grad.numpy().tobytes()).hexdigest())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    one = subprocess.run([sys.executable, "-c", ref], capture_output=True, text=True, check=True).stdout.strip()
+    got = eval(out.strip())
+    assert [n for n, _ in got] == [1, 1, 1]
+    assert [h for _, h in got] == [one] * 3
 
 
 # --------------------------------------------------------------------------- features

@@ -55,16 +55,24 @@ def set_threads(n: int | None) -> None:
 
     On a small shared machine one thread each avoids two OpenMP pools spinning against each
     other, which costs far more than it gains for a model this small.
+
+    numba first, torch last: the first ``numba.set_num_threads`` of a process starts numba's
+    OpenMP threading layer, which sets the OpenMP thread count back to all cores, and torch's
+    CPU kernels read that count. Set the other way round, the first run of each process (each
+    of ``train``'s forked workers) ran torch on every core; a LayerNorm backward sums its rows in
+    one partial per thread, so those runs had other bytes than the same run later in a process.
     """
     if not n:
         return
-    torch.set_num_threads(n)
     try:
         import numba
 
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     except ImportError:  # pragma: no cover - numba is a dependency, but only the scan needs it
         pass
+    torch.set_num_threads(n)
+    if torch.get_num_threads() != n:  # pragma: no cover - a threading layer that overrides it
+        raise RuntimeError(f"torch runs {torch.get_num_threads()} threads after set_num_threads({n})")
 
 
 def peak_memory() -> dict:
