@@ -310,3 +310,31 @@ def test_stage_runs_every_fold_and_seed_and_keeps_finished_runs(tiny_project):
     np.save(f, (x * 0.5).astype(np.float16))
     train.run(cfg, "mamba_va", 1, seed=43, progress=False)
     assert (models / "fold1" / "seed43" / "best.pt").stat().st_mtime_ns != stamp
+
+
+def test_a_setting_retrains_only_the_variants_that_read_it(tiny_project, monkeypatch):
+    """The Transformer's heads and window retrain the Transformer, not Mamba-VA; Mamba's state size
+    the reverse; the head's width both (every variant reads it)."""
+    import mambava.models as models
+    from mambava import train_runs as train
+    from mambava.data.windows import run_folds
+
+    monkeypatch.setattr(models, "variant_config", lambda m, v: models._VARIANTS[v](m))  # the real configs
+
+    cfg, root, _ = tiny_project
+    run_folds(cfg)
+
+    def stamps(c) -> dict[str, int]:
+        for variant in ("mamba_va", "transformer"):
+            train.run(c, variant, 1, seed=43, progress=False)
+        return {v: (root / "models" / "mae" / v / "fold1" / "seed43" / "best.pt").stat().st_mtime_ns
+                for v in ("mamba_va", "transformer")}
+
+    def changed(c, **model) -> dict[str, bool]:
+        new = c.model_copy(update={"model": c.model.model_copy(update=model)})
+        before, after = stamps(c), stamps(new)
+        return {v: before[v] != after[v] for v in before}
+
+    assert changed(cfg, n_heads=cfg.model.n_heads * 2, attention_window=100) == {"mamba_va": False, "transformer": True}
+    assert changed(cfg, d_state=cfg.model.d_state + 1) == {"mamba_va": True, "transformer": False}
+    assert changed(cfg, head_hidden=cfg.model.head_hidden + 1) == {"mamba_va": True, "transformer": True}

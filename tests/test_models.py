@@ -430,3 +430,41 @@ def test_summary_prints_table_and_total(capsys):
     out = capsys.readouterr().out
     assert "temporal" in out and "Mamba" in out
     assert f"total parameters: {count_parameters(MambaVA(TINY)):,}" in out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_settings_a_variant_does_not_read_change_nothing(variant):
+    """Each setting that ``settings_read`` leaves out of a variant's fingerprint, changed: the same
+    parameters and the same outputs (training mode, so dropout counts), from the same seed. A
+    constructor that starts reading a new setting without the list fails here."""
+    from mambava.models import settings_read
+
+    base = variant_config(ModelConfig(input_dim=12, tcn_channels=[8, 8], tcn_kernel=3, d_model=8, n_layers=1,
+                                      d_state=4, n_heads=2, head_hidden=6, dropout=0.2), variant)
+    other = {"input_dim": 10, "tcn": not base.tcn, "tcn_channels": [6, 8], "tcn_kernel": 5, "d_model": 12,
+             "n_layers": 2, "d_state": 3, "d_conv": 3, "expand": 2, "n_heads": 4, "causal": not base.causal,
+             "attention_window": 7, "head_hidden": 5, "dropout": 0.5, "scan_backend": "reference",
+             "temporal": "none" if base.temporal != "none" else "mamba"}
+    assert set(other) == set(ModelConfig.model_fields)  # every setting is tried
+    x = torch.randn(2, 40, base.input_dim)
+
+    def out(cfg):
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        torch.manual_seed(1)
+        return model.state_dict(), model(x)
+
+    ref_sd, ref_y = out(base)
+    read = settings_read(base)
+    for key, value in other.items():
+        if key in read:
+            continue
+        sd, y = out(base.model_copy(update={key: value}))
+        assert sd.keys() == ref_sd.keys() and all(torch.equal(sd[k], ref_sd[k]) for k in sd), key
+        assert torch.equal(y, ref_y), key
+    # and the ones it reads do change something (but the scan's backend, which changes no number here)
+    for key in set(read) - {"scan_backend", "temporal", "tcn", "input_dim"}:
+        sd, y = out(base.model_copy(update={key: other[key]}))
+        same = sd.keys() == ref_sd.keys() and all(sd[k].shape == ref_sd[k].shape and torch.equal(sd[k], ref_sd[k])
+                                                  for k in sd)
+        assert not (same and y.shape == ref_y.shape and torch.equal(y, ref_y)), key

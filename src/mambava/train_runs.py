@@ -1,8 +1,9 @@
 """The ``train`` stage: every fold and seed of one (level, variant), each run trained by
 :func:`mambava.train.fit` in its folder :func:`mambava.runtime.train_dir`.
 
-A run's fingerprint covers its settings, its videos, the content of their features, labels and
-the folds file, and the code its numbers depend on (:func:`code_digest`); a folder whose
+A run's fingerprint covers its settings (of the model only those its variant reads,
+:func:`mambava.models.settings_read`), its videos, the content of their features, labels and the
+folds file, and the code its numbers depend on (:func:`code_digest`); a folder whose
 ``train_metrics.json`` carries the same fingerprint is finished and kept. ``run_all`` writes the
 stage's summary ``<train.out>/<level>/<variant>.json``.
 """
@@ -114,7 +115,7 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
     """
     from mambava.features.store import feature_path
     from mambava.inference import scan_backend
-    from mambava.models import build_model
+    from mambava.models import build_model, settings_read
 
     seed = cfg.train.seed if seed is None else seed
     tc = cfg.train.model_copy(update={"seed": seed})
@@ -127,7 +128,7 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
     w, s = (tc.window_fold0, tc.stride_fold0) if fold == 0 else (tc.window, tc.stride)
     out = train_dir(cfg, level, variant, fold, seed)
     fingerprint = fingerprint_of({
-        "train": tc.model_dump(exclude={"threads", "out", "seeds", "workers"}), "model": mcfg.model_dump(),
+        "train": tc.model_dump(exclude={"threads", "out", "seeds", "workers"}), "model": settings_read(mcfg),
         "evaluate": cfg.evaluate.model_dump(include={"inference", "window", "stride"}),
         "level": level, "variant": variant, "fold": fold, "train_videos": train_names, "val_videos": val_names,
         "data": data_hash,

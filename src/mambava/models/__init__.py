@@ -76,6 +76,13 @@ def variant_config(cfg: ModelConfig, name: str) -> ModelConfig:
     return _VARIANTS[name](cfg)
 
 
+def settings_read(cfg: ModelConfig) -> dict:
+    """The settings of ``cfg`` its model reads (:func:`mambava.models.mamba_va.settings_read`)."""
+    from mambava.models.mamba_va import settings_read as read
+
+    return read(cfg)
+
+
 def build_model(cfg: ModelConfig, variant: str | None = None):
     """A MambaVA for ``cfg`` (or for one of its variants)."""
     from mambava.models.mamba_va import MambaVA

@@ -122,3 +122,20 @@ class MambaVA(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The temporal encoder alone (frame norm, stack, projection): (B, L, d_model) -> same."""
         return self.proj(self.temporal(self.norm_in(x)))
+
+
+def settings_read(cfg: ModelConfig) -> dict:
+    """The settings of ``cfg`` that :class:`MambaVA`'s constructor reads (keep the two together).
+
+    A run's fingerprint holds these and no more, so that a setting of one variant (the
+    Transformer's heads, Mamba's state size) does not retrain the variants that never read it.
+    """
+    keys = {"input_dim", "tcn", "temporal", "d_model", "head_hidden"}
+    if cfg.tcn:
+        keys |= {"tcn_channels", "tcn_kernel", "dropout"}
+    if cfg.temporal == "mamba":
+        keys |= {"n_layers", "d_state", "d_conv", "expand", "scan_backend"}
+    elif cfg.temporal == "transformer":
+        keys |= {"n_layers", "n_heads", "causal", "attention_window", "dropout"}
+    values = cfg.model_dump()
+    return {k: values[k] for k in sorted(keys)}
