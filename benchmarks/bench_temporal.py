@@ -5,6 +5,7 @@
     python benchmarks/bench_temporal.py --parts      # inside one step: data, forward, loss, backward, optimiser
     python benchmarks/bench_temporal.py --parts --baseline b8d5ef9  # the same with that revision's code, and the ratio
     python benchmarks/bench_temporal.py --parts --at-once 2 --baseline b8d5ef9  # two copies at once, as the pipeline's two workers
+    python benchmarks/bench_temporal.py --parts --compile  # eager against torch.compile (Inductor), same step
 
 What one optimiser step of `mambava train` costs per variant: forward and backward of the whole
 model (TCN, temporal encoder, head) on a batch of ``train.batch_size`` windows of ``train.window``
@@ -21,7 +22,11 @@ forward, the CCC loss, backward, gradient clipping, AdamW and the scheduler) and
 the ratio per variant. ``--at-once N`` runs N copies of each measurement at the same time, as
 ``train.workers`` runs N trainings at once on N cores: the copies share the caches and the memory
 bandwidth, which slows memory-bound code more than arithmetic (the parts are the mean of the
-copies). Writes benchmarks/results/temporal.json (or temporal_parts.json, temporal_parts_at2.json).
+copies). ``--compile`` runs the step eager and with the model under ``torch.compile`` (Inductor's
+CPU code; the first step, which compiles, is reported as ``compile_s``): a measurement of what
+fusing the small element-wise kernels would buy, not what ``mambava train`` runs.
+Writes benchmarks/results/temporal.json (or temporal_parts.json, temporal_parts_at2.json,
+temporal_parts_compile.json).
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ def parts_worker(variant: str, repeats: int) -> dict:
     mcfg, tc = variant_config(cfg.model, variant), cfg.train
     torch.manual_seed(0)
     model = build_model(mcfg).train()
+    net = torch.compile(model) if os.environ.get("MAMBAVA_BENCH_COMPILE") == "1" else model
     rng = np.random.default_rng(0)
     videos = [Video(f"v{i}", rng.normal(size=(n, mcfg.input_dim)).astype(np.float16),
                     rng.uniform(-1, 1, size=(n, 2)).astype(np.float32))
@@ -106,7 +112,7 @@ def parts_worker(variant: str, repeats: int) -> dict:
         t = tick("data", t)
         x, y = torch.from_numpy(x).float(), torch.from_numpy(y)
         t = tick("cast", t)
-        pred = model(x)
+        pred = net(x)
         t = tick("forward", t)
         loss = ccc_loss(pred.float(), y)
         t = tick("loss", t)
@@ -123,7 +129,8 @@ def parts_worker(variant: str, repeats: int) -> dict:
         times.setdefault("other", []).append(times["step"][-1] - sum(v[-1] for k, v in times.items()
                                                                     if k not in ("step", "other")))
     out = {k: 1000 * float(np.median(v[2:])) for k, v in times.items()}  # the first two warm up
-    return {"variant": variant, "batch": tc.batch_size, "window": tc.window, "ms": {k: round(v, 2) for k, v in out.items()}}
+    return {"variant": variant, "batch": tc.batch_size, "window": tc.window, "ms": {k: round(v, 2) for k, v in out.items()},
+            "compile_s": round(times["step"][0], 1) if net is not model else None}
 
 
 def _baseline_tree(rev: str) -> Path:
@@ -145,15 +152,20 @@ def _at_once(copies: int, args: list[str], env: dict) -> dict:
     return {**runs[0], "ms": ms, "copies": copies, "step_per_copy": [r["ms"]["step"] for r in runs]}
 
 
-def parts_main(variants: list[str], repeats: int, baseline: str | None, at_once: int = 1) -> int:
+def parts_main(variants: list[str], repeats: int, baseline: str | None, at_once: int = 1,
+               compiled: bool = False) -> int:
     trees = {"now": None}
     if baseline:
         trees = {"baseline": _baseline_tree(baseline), "now": None}
+    elif compiled:  # the same tree twice: eager as the baseline, then compiled
+        trees = {"baseline": None, "now": None}
     names = ["data", "cast", "forward", "loss", "backward", "clip", "optimiser", "other", "step"]
     results: dict[str, dict] = {}
     try:
         for label, tree in trees.items():
             env = {"PYTHONPATH": str(tree / "src"), "MAMBAVA_BENCH_ROOT": str(tree)} if tree else {}
+            if compiled:
+                env["MAMBAVA_BENCH_COMPILE"] = "1" if label == "now" else "0"
             for v in variants:
                 res = _at_once(at_once, ["parts", v, str(repeats)], env)
                 results.setdefault(label, {})[v] = res
@@ -161,10 +173,14 @@ def parts_main(variants: list[str], repeats: int, baseline: str | None, at_once:
         if baseline:
             subprocess.run(["git", "worktree", "remove", "--force", str(trees["baseline"])], cwd=ROOT, capture_output=True)
     for label, per in results.items():
-        print(f"\n{label}" + (f" ({baseline})" if label == "baseline" else " (working tree)"))
+        what = "eager" if label == "baseline" else "torch.compile"
+        print(f"\n{label}" + ((f" ({what})" if compiled else f" ({baseline})") if label == "baseline" or compiled
+                              else " (working tree)"))
         print_table(["variant", *names], [[v, *(fmt(r.get("ms", {}).get(n), " ms") for n in names)] if "ms" in r
                                           else [v, r.get("error", "?"), *[""] * (len(names) - 1)] for v, r in per.items()])
-    if baseline:
+    if compiled:
+        print("compile (first step): " + ", ".join(f"{v} {r.get('compile_s')} s" for v, r in results["now"].items()))
+    if baseline or compiled:
         rows = []
         for v in variants:
             a, b = results["baseline"][v].get("ms", {}), results["now"][v].get("ms", {})
@@ -178,9 +194,9 @@ def parts_main(variants: list[str], repeats: int, baseline: str | None, at_once:
                 t = results[k].get("transformer", {}).get("ms", {}).get("step")
                 if t and k in mva:
                     print(f"{k}: Transformer step / Mamba-VA step = {t / mva[k]:.2f}")
-    name = "temporal_parts.json" if at_once == 1 else f"temporal_parts_at{at_once}.json"
-    path = write_json(name, {"machine": machine(), "repeats": repeats, "baseline": baseline, "at_once": at_once,
-                             "results": results})
+    name = "temporal_parts" + (f"_at{at_once}" if at_once > 1 else "") + ("_compile" if compiled else "") + ".json"
+    path = write_json(name, {"machine": machine(), "repeats": repeats, "baseline": "eager" if compiled else baseline,
+                             "at_once": at_once, "results": results})
     print(f"wrote {path}")
     return 0
 
@@ -193,6 +209,8 @@ def main() -> int:
     ap.add_argument("--baseline", metavar="REV", help="with --parts: also run REV's code and params, and the ratio")
     ap.add_argument("--at-once", type=int, default=1, metavar="N",
                     help="with --parts: N copies of each measurement at the same time (train.workers N)")
+    ap.add_argument("--compile", action="store_true",
+                    help="with --parts: eager against the model under torch.compile, in the working tree")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "HEADS", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -204,7 +222,7 @@ def main() -> int:
     from mambava.models import VARIANTS
 
     if args.parts:
-        return parts_main(list(VARIANTS), args.repeats, args.baseline, args.at_once)
+        return parts_main(list(VARIANTS), args.repeats, args.baseline, args.at_once, args.compile)
 
     jobs = [(v, h) for v in VARIANTS for h in (args.heads if v == "transformer" else [0])]
     rows, results = [], []
