@@ -172,10 +172,10 @@ def parts_main(variants: list[str], repeats: int, baseline: str | None, at_once:
     finally:
         if baseline:
             subprocess.run(["git", "worktree", "remove", "--force", str(trees["baseline"])], cwd=ROOT, capture_output=True)
+    what = ({"baseline": "eager", "now": "torch.compile"} if compiled
+            else {"baseline": baseline, "now": "working tree"})
     for label, per in results.items():
-        what = "eager" if label == "baseline" else "torch.compile"
-        print(f"\n{label}" + ((f" ({what})" if compiled else f" ({baseline})") if label == "baseline" or compiled
-                              else " (working tree)"))
+        print(f"\n{label} ({what[label]})")
         print_table(["variant", *names], [[v, *(fmt(r.get("ms", {}).get(n), " ms") for n in names)] if "ms" in r
                                           else [v, r.get("error", "?"), *[""] * (len(names) - 1)] for v, r in per.items()])
     if compiled:
