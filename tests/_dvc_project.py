@@ -26,7 +26,7 @@ def tiny_params(repo: Path = REPO) -> dict:
     raw["data"]["synthetic"].update(n_videos=8, n_pairs=1, min_frames=60, max_frames=140, image_size=32,
                                     workers=1, split_fractions=[0.5, 0.25, 0.25])
     # a tiny ViT pretrained by MAE here (the default's shipped face encoder is a 192-d ResNet)
-    enc = dict(arch="vit", img_size=32, patch_size=8, embed_dim=12, depth=1, num_heads=2)
+    enc = dict(arch="vit", img_size=32, patch_size=8, embed_dim=12, depth=1, num_heads=2, pool_rows=1)
     raw["mae_pretrain"]["encoder"].update(enc)
     raw["mae_pretrain"].update(checkpoint=None, checkpoint_sha256=None)
     raw["mae_pretrain"].update(steps=4, batch_size=8, warmup_steps=1, decoder_dim=8, decoder_depth=1,

@@ -30,7 +30,7 @@ RUN = Path("outputs/models/mae/mamba_va/fold0/seed42")
 def base(tmp_path_factory):
     """data -> mae -> features -> folds done; oracle features, train and evaluate not run yet."""
     root = make_project(tmp_path_factory.mktemp("dvc") / "base",
-                        ["data", "mae_pretrain", "mae_finetune", "features", "folds", "oracle_features", "train",
+                        ["data", "frames", "mae_pretrain", "mae_finetune", "features", "folds", "oracle_features", "train",
                          "evaluate"])
     dvc(root, "repro", "folds")
     return root

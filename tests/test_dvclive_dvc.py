@@ -32,7 +32,7 @@ def git(root: Path, *args: str) -> str:
 def project(tmp_path_factory):
     """The baseline committed (train.lr = 0.01), then the experiment with train.lr = 0.003 run."""
     root = make_project(tmp_path_factory.mktemp("live") / "p",
-                        ["data", "mae_pretrain", "mae_finetune", "features", "folds", "oracle_features", "train"],
+                        ["data", "frames", "mae_pretrain", "mae_finetune", "features", "folds", "oracle_features", "train"],
                         git=True)
     dvc(root, "repro")
     git(root, "add", "-A")

@@ -120,6 +120,46 @@ def test_twin_digest_follows_every_file_of_the_twin(small_params, tmp_path, monk
     assert write_twin_digest(one, tmp_path / "d.json")["files"] == 1
 
 
+def test_frames_digest_is_the_sha256_of_the_frame_folder(small_params, tmp_path, monkeypatch):
+    """data/frames.json (what mae_pretrain, mae_finetune and features depend on) against hashlib
+    over cropped_aligned's files, read here in sorted path order; one changed byte changes it."""
+    import hashlib
+
+    from mambava.data.prepare import write_frames_digest
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(small_params)
+    with pytest.raises(FileNotFoundError, match="no cropped_aligned"):
+        write_frames_digest(cfg)
+    prepare(cfg)
+    frames = tmp_path / cfg.data.root / "cropped_aligned"
+    files = sorted((p for p in frames.rglob("*") if p.is_file()), key=lambda p: p.relative_to(frames).parts)
+    h = hashlib.sha256()
+    for p in files:
+        data = p.read_bytes()
+        h.update(p.relative_to(frames).as_posix().encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
+    write_frames_digest(cfg, small_params)
+    written = json.loads((tmp_path / "data" / "frames.json").read_text())
+    assert written == {"folder": f"{cfg.data.root}/cropped_aligned", "files": len(files),
+                       "bytes": sum(p.stat().st_size for p in files), "sha256": h.hexdigest()}
+    data = bytearray(files[-1].read_bytes())
+    data[len(data) // 2] ^= 1
+    files[-1].write_bytes(bytes(data))
+    assert write_frames_digest(cfg)["sha256"] != written["sha256"]
+
+
+def test_only_the_frames_stage_lists_the_frame_folder(repo):
+    """DVC walks a listed folder for every stage that lists it, before and after the stage runs;
+    the frame folder (270,000 files in the twin) is listed by `frames` alone, and the stages that
+    read frames depend on its digest, data/frames.json."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    assert stages["frames"]["outs"] == ["data/frames.json"]
+    listing = {name for name, st in stages.items() if any("cropped_aligned" in str(d) for d in st.get("deps") or [])}
+    assert listing == {"frames"}
+    for name in ("mae_pretrain", "mae_finetune", "features"):
+        assert "data/frames.json" in stages[name]["deps"], name
+
+
 def test_twin_only_stages_depend_on_the_digest_not_the_frames(repo):
     """No stage but `data` lists the twin's folder (270k files DVC would walk twice per stage);
     the twin-only stages list its digest, which the data stage writes."""

@@ -47,10 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _data_commands(sub) -> None:
-    """``data prepare | validate | crop`` and ``model summary``."""
+    """``data prepare | digest | validate | user-copy | crop`` and ``model summary``."""
     data = sub.add_parser("data", help="the data stage and tools").add_subparsers(dest="data_cmd", required=True)
     p = data.add_parser("prepare", help="DVC stage `data`: generate the twin or index a real copy")
     p.set_defaults(func=c.cmd_data_generate)
+    p = data.add_parser("digest", help="DVC stage `frames`: the SHA-256 of data.root's cropped_aligned/ (data/frames.json)")
+    p.set_defaults(func=c.cmd_data_digest)
     p = data.add_parser("validate", help="check a copy in the official Aff-Wild2 layout")
     p.add_argument("--root", required=True, help="folder holding cropped_aligned/ and annotations/")
     p.add_argument("--test-list", default=None,

@@ -24,6 +24,13 @@ def cmd_data_generate(args) -> int:
     return 0
 
 
+def cmd_data_digest(args) -> int:
+    from mambava.data.prepare import write_frames_digest
+
+    write_frames_digest(_cfg(args), args.params)
+    return 0
+
+
 def cmd_data_validate(args) -> int:
     from mambava.data.validate import validate_layout
 

@@ -137,12 +137,18 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def tree_sha256(root: str | Path) -> dict:
+def tree_sha256(root: str | Path, progress: str | None = None) -> dict:
     """The content of a folder as one SHA-256: every file's path relative to ``root``, its size
     and its bytes, in sorted path order (``files``, ``bytes`` and ``sha256``). Any file added,
-    removed, renamed or changed changes the digest."""
+    removed, renamed or changed changes the digest. ``progress``: a bar of that name over the
+    sub-folders (a video's frames each, in ``cropped_aligned``)."""
     root = Path(root)
     h, files, size = hashlib.sha256(), 0, 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(1 for _ in os.walk(root)), desc=progress, unit="folder", mininterval=2.0)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
@@ -151,4 +157,8 @@ def tree_sha256(root: str | Path) -> dict:
             h.update(f"{p.relative_to(root).as_posix()}\0{len(data)}\0".encode())
             h.update(data)
             files, size = files + 1, size + len(data)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return {"files": files, "bytes": size, "sha256": h.hexdigest()}
