@@ -43,8 +43,13 @@ def write_twin_digest(twin_dir: Path, out: Path) -> dict:
     that DVC does not walk 270,000 frame files for each of them before and after it runs (about
     45 s a stage on 2 cores); the data stage still owns ``data/twin`` as its output, so a changed
     or missing frame reruns it."""
+    return _write_digest(twin_dir, out)
+
+
+def _write_digest(folder: Path, out: Path, progress: str | None = None) -> dict:
+    """``out``: the folder's :func:`~mambava.io.tree_sha256` and its path, logged with the time taken."""
     t0 = time.perf_counter()
-    digest = {"folder": twin_dir.as_posix(), **tree_sha256(twin_dir)}
+    digest = {"folder": folder.as_posix(), **tree_sha256(folder, progress=progress)}
     write_json(out, digest)
     log.info("%s: %d files, %.1f MB, sha256 %s (%.1f s)", out, digest["files"], digest["bytes"] / 1e6,
              digest["sha256"][:12], time.perf_counter() - t0)
@@ -64,13 +69,7 @@ def write_frames_digest(cfg: Config, params: str | Path | None = None) -> dict:
     frames = Path(cfg.data.root) / "cropped_aligned"
     if not frames.is_dir():
         raise FileNotFoundError(f"data.root = {cfg.data.root}: no cropped_aligned/ folder there (run `mambava data prepare`)")
-    out = Path(cfg.data.index).with_name(FRAMES_DIGEST)
-    t0 = time.perf_counter()
-    digest = {"folder": frames.as_posix(), **tree_sha256(frames, progress="frames digest")}
-    write_json(out, digest)
-    log.info("%s: %d files, %.1f MB, sha256 %s (%.1f s)", out, digest["files"], digest["bytes"] / 1e6,
-             digest["sha256"][:12], time.perf_counter() - t0)
-    return digest
+    return _write_digest(frames, Path(cfg.data.index).with_name(FRAMES_DIGEST), progress="frames digest")
 
 
 def prepare(cfg: Config, params: str | Path | None = None) -> None:
