@@ -6,6 +6,7 @@
     python benchmarks/bench_temporal.py --parts --baseline b8d5ef9  # the same with that revision's code, and the ratio
     python benchmarks/bench_temporal.py --parts --at-once 2 --baseline b8d5ef9  # two copies at once, as the pipeline's two workers
     python benchmarks/bench_temporal.py --parts --compile  # eager against torch.compile (Inductor), same step
+    python benchmarks/bench_temporal.py --cheaper    # the step at half the batch, and under bfloat16 autocast
 
 What one optimiser step of `mambava train` costs per variant: forward and backward of the whole
 model (TCN, temporal encoder, head) on a batch of ``train.batch_size`` windows of ``train.window``
@@ -25,8 +26,12 @@ bandwidth, which slows memory-bound code more than arithmetic (the parts are the
 copies). ``--compile`` runs the step eager and with the model under ``torch.compile`` (Inductor's
 CPU code; the first step, which compiles, is reported as ``compile_s``): a measurement of what
 fusing the small element-wise kernels would buy, not what ``mambava train`` runs.
+``--cheaper`` times one whole optimiser step (forward, backward, AdamW) of each variant at
+``train.batch_size``, at half of it, and at ``train.batch_size`` under bfloat16 autocast (CPU),
+side by side in one process per variant: what the two cheaper budgets of issue 25 would buy
+(their effect on the study's figures: ``train_budget.py``).
 Writes benchmarks/results/temporal.json (or temporal_parts.json, temporal_parts_at2.json,
-temporal_parts_compile.json).
+temporal_parts_compile.json, temporal_cheaper.json).
 """
 
 from __future__ import annotations
@@ -133,6 +138,61 @@ def parts_worker(variant: str, repeats: int) -> dict:
             "compile_s": round(times["step"][0], 1) if net is not model else None}
 
 
+def cheaper_worker(variant: str, repeats: int) -> dict:
+    """One AdamW step at the batch of params.yaml, at half of it and under bfloat16 autocast (ms, medians)."""
+    import statistics
+    import time
+
+    import torch
+
+    from mambava.config import load_config
+    from mambava.models import build_model, variant_config
+    from mambava.runtime import set_threads
+
+    cfg = load_config(PARAMS)
+    set_threads(1)
+    mcfg = variant_config(cfg.model, variant)
+    torch.manual_seed(0)
+    model = build_model(mcfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    b, w = cfg.train.batch_size, cfg.train.window
+    setups = {"fp32": (b, False), "half_batch": (max(1, b // 2), False), "bf16": (b, True)}
+    out = {}
+    for name, (batch, bf16) in setups.items():
+        x = torch.randn(batch, w, mcfg.input_dim)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = model(x)
+            y.float().square().mean().backward()
+            opt.step()
+
+        for _ in range(2):
+            step()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        out[name] = round(1000 * statistics.median(times), 2)
+    return {"variant": variant, "batch": b, "window": w, "ms": out,
+            "ratio": {k: round(v / out["fp32"], 3) for k, v in out.items()}}
+
+
+def cheaper_main(variants: list[str], repeats: int) -> int:
+    results = {}
+    for v in variants:
+        results[v] = run_worker(__file__, ["cheaper", v, str(repeats)], timeout=900)
+    print_table(["variant", "batch (fp32)", "half batch", "bf16 autocast", "half / fp32", "bf16 / fp32"],
+                [[v, *(fmt(r.get("ms", {}).get(k), " ms") for k in ("fp32", "half_batch", "bf16")),
+                  *(fmt(r.get("ratio", {}).get(k)) for k in ("half_batch", "bf16"))] if "ms" in r
+                 else [v, r.get("error", "?"), "", "", "", ""] for v, r in results.items()])
+    path = write_json("temporal_cheaper.json", {"machine": machine(), "repeats": repeats, "results": results})
+    print(f"wrote {path}")
+    return 0
+
+
 def _baseline_tree(rev: str) -> Path:
     tree = Path(tempfile.mkdtemp(prefix="mambava-bench-")) / "tree"
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True, capture_output=True)
@@ -211,16 +271,22 @@ def main() -> int:
                     help="with --parts: N copies of each measurement at the same time (train.workers N)")
     ap.add_argument("--compile", action="store_true",
                     help="with --parts: eager against the model under torch.compile, in the working tree")
+    ap.add_argument("--cheaper", action="store_true",
+                    help="the whole step at the batch, at half the batch and under bfloat16 autocast (module doc)")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "HEADS", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         import json
 
         v, h, r = args.worker
-        print(json.dumps(parts_worker(h, int(r)) if v == "parts" else worker(v, int(h), int(r))))
+        res = (parts_worker(h, int(r)) if v == "parts" else cheaper_worker(h, int(r)) if v == "cheaper"
+               else worker(v, int(h), int(r)))
+        print(json.dumps(res))
         return 0
     from mambava.models import VARIANTS
 
+    if args.cheaper:
+        return cheaper_main(list(VARIANTS), args.repeats)
     if args.parts:
         return parts_main(list(VARIANTS), args.repeats, args.baseline, args.at_once, args.compile)
 
