@@ -4,6 +4,9 @@
         --set train.batch_size=4 --set train.epochs=5 --set train.restart_epochs=4
     python benchmarks/train_budget.py --tag double_steps --set train.epochs=20 --set train.restart_epochs=19 \\
         --levels oracle --variants mamba_va
+    python benchmarks/train_budget.py --tag lr_half_0.01 --set train.epochs=5 --set train.restart_epochs=4 \\
+        --set train.lr=0.01 --levels oracle --variants mamba_va --work /tmp/lrx/0.01
+    # the same command with --score-only: score the finished runs again, train nothing
 
 After `dvc repro` (it reads the default run's features, folds and `outputs/runs`). The script
 writes params.yaml with the ``--set`` values and its own output folders (``--work``, default
@@ -11,12 +14,14 @@ writes params.yaml with the ``--set`` values and its own output folders (``--wor
 (level, variant), every fold and seed, as the pipeline's stages do; runs already finished in the
 work folder are kept, so an interrupted comparison resumes. Then it builds the ladder's test
 split (`mambava.ladder.build` and `comparisons`, same bootstrap) for the default runs and for the
-changed ones, and prints side by side: each cell's CCC, its seed spread and the difference in
+changed ones, and prints side by side: first the validation CCCs (mean over every fold and seed,
+with the seed spread: what a choice between budgets is made on), then the test split (reported,
+never chosen on): each cell's CCC, its seed spread and the difference in
 default seed SDs, each comparison with its interval and whether it kept its side of 0, and the
 seconds. Writes benchmarks/results/<tag>.json.
 
 Issue 25 used it to price the 30-minute pipeline (benchmarks/README.md): half the optimiser steps,
-half the batch at the same steps.
+half the batch at the same steps, twice the steps, and half the steps at a higher learning rate.
 """
 
 from __future__ import annotations
@@ -93,6 +98,30 @@ def ladders(cfg, roots: dict[str, Path], levels, variants):
     return out
 
 
+def validation(root: Path, levels, variants) -> list[dict]:
+    """The validation CCCs the runs under ``root`` were selected by (what a choice between budgets
+    is made on; the test split is only reported): per (level, variant, target) the mean over every
+    fold and seed, and the SD over seeds of each seed's mean over folds."""
+    import json
+
+    rows = []
+    for lv in levels:
+        for v in variants:
+            runs = [json.loads(p.read_text()) for pattern in ("fold*/metrics.json", "fold*/seed*/metrics.json")
+                    for p in sorted((root / lv / v).glob(pattern))]
+            if not runs:
+                raise SystemExit(f"no validation metrics under {root / lv / v}")
+            for target in ("valence", "arousal"):
+                by_seed: dict[int, list[float]] = {}
+                for m in runs:
+                    by_seed.setdefault(int(m["seed"]), []).append(float(m[f"ccc_{target}"]))
+                seed_means = [float(np.mean(x)) for x in by_seed.values()]
+                rows.append({"level": lv, "variant": v, "target": target, "runs": len(runs),
+                             "ccc": float(np.mean([m[f"ccc_{target}"] for m in runs])),
+                             "seed_sd": float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else float("nan")})
+    return rows
+
+
 def train_seconds(models: Path, levels, variants) -> float:
     """Sum of every run's training seconds (each run's ``train.timing.json``), resumes or not."""
     import json
@@ -116,6 +145,9 @@ def main() -> int:
     ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=LEVELS)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--work", type=Path, default=None, help="output folder (default /tmp/mambava-budget/<tag>)")
+    ap.add_argument("--score-only", action="store_true",
+                    help="train and evaluate nothing: score the runs already in the work folder again "
+                         "(the stage seconds are kept from the earlier result)")
     args = ap.parse_args()
     changes = {}
     for item in args.set:
@@ -129,7 +161,14 @@ def main() -> int:
     default_runs = ROOT / cfg.evaluate.out
 
     seconds = {}
-    for stage in ("train", "evaluate"):
+    command = "python benchmarks/train_budget.py " + " ".join(sys.argv[1:])
+    earlier = ROOT / "benchmarks" / "results" / f"{args.tag}.json"
+    if args.score_only and earlier.exists():
+        import json
+
+        seconds = json.loads(earlier.read_text()).get("seconds", {})
+        command = json.loads(earlier.read_text()).get("command", command)
+    for stage in ("train", "evaluate") if not args.score_only else ():
         for level in args.levels:
             for v in args.variants:
                 s = _run(params, [stage, "--level", level, "--variant", v], work / f"{stage}_{level}_{v}.log")
@@ -138,6 +177,14 @@ def main() -> int:
 
     train_sum = {"default": train_seconds(ROOT / cfg.train.out, args.levels, args.variants),
                  "changed": train_seconds(work / "models", args.levels, args.variants)}
+    val = {name: validation(root, args.levels, args.variants)
+           for name, root in (("default", default_runs), ("changed", work / "runs"))}
+    print("validation (every fold and seed; what a choice is made on):")
+    print_table(["level", "variant", "target", "runs", "default (seed SD)", "changed (seed SD)", "difference"],
+                [[a["level"], a["variant"], a["target"], f"{a['runs']} / {b['runs']}",
+                  f"{a['ccc']:.3f} ({a['seed_sd']:.3f})", f"{b['ccc']:.3f} ({b['seed_sd']:.3f})",
+                  f"{b['ccc'] - a['ccc']:+.3f}"] for a, b in zip(val["default"], val["changed"])])
+    print("test split (reported, never chosen on):")
     lad = ladders(cfg, {"default": default_runs, "changed": work / "runs"}, args.levels, args.variants)
     (t0, c0), (t1, c1) = lad["default"], lad["changed"]
     keys = ["level", "variant", "target"]
@@ -166,9 +213,11 @@ def main() -> int:
     path = write_json(f"{args.tag}.json", {
         "what": "the default study's trainings with other params, against the default run's (test split)",
         "params_changed": changes, "levels": args.levels, "variants": args.variants,
-        "command": "python benchmarks/train_budget.py " + " ".join(sys.argv[1:]),
+        "command": command,
         "machine": machine(), "seconds": seconds, "seconds_sum": round(sum(seconds.values()), 1),
         "train_seconds_sum_over_runs": train_sum,
+        "validation": {k: [{**r, "ccc": round(r["ccc"], 4), "seed_sd": round(r["seed_sd"], 4)} for r in rows]
+                       for k, rows in val.items()},
         "ladder": cells.round(4).to_dict(orient="records"),
         "comparisons": comp.round(4).to_dict(orient="records"),
         "comparisons_changing_side": changed_sides})

@@ -42,3 +42,33 @@ def test_a_wrong_type_is_refused_by_the_config_layer(tmp_path):
     tb = _module()
     with pytest.raises(Exception, match="batch_size"):
         tb.write_params(REPO / "params.yaml", tmp_path / "w", {"train.batch_size": "four"})
+
+
+def _metrics(path: Path, seed: int, valence: float, arousal: float) -> None:
+    import json
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "metrics.json").write_text(json.dumps({"seed": seed, "ccc_valence": valence, "ccc_arousal": arousal}))
+
+
+def test_validation_is_the_mean_of_every_run_and_the_spread_of_the_seed_means(tmp_path):
+    tb = _module()
+    root = tmp_path / "runs"
+    # two folds x two seeds; the primary seed (42) sits in fold<k>/, the other in fold<k>/seed43/
+    _metrics(root / "oracle" / "mamba_va" / "fold0", 42, 0.90, 0.70)
+    _metrics(root / "oracle" / "mamba_va" / "fold1", 42, 0.80, 0.50)
+    _metrics(root / "oracle" / "mamba_va" / "fold0" / "seed43", 43, 0.70, 0.60)
+    _metrics(root / "oracle" / "mamba_va" / "fold1" / "seed43", 43, 0.60, 0.60)
+    rows = {r["target"]: r for r in tb.validation(root, ["oracle"], ["mamba_va"])}
+    assert rows["valence"]["runs"] == 4
+    assert rows["valence"]["ccc"] == pytest.approx(0.75)
+    # seed means 0.85 and 0.65: SD (n - 1) = 0.2 / sqrt(2)
+    assert rows["valence"]["seed_sd"] == pytest.approx(0.2 / 2 ** 0.5)
+    assert rows["arousal"]["ccc"] == pytest.approx(0.60)
+    assert rows["arousal"]["seed_sd"] == pytest.approx(0.0)
+
+
+def test_validation_refuses_a_missing_run_folder(tmp_path):
+    tb = _module()
+    with pytest.raises(SystemExit, match="no validation metrics"):
+        tb.validation(tmp_path / "runs", ["mae"], ["transformer"])
