@@ -27,6 +27,7 @@ half the batch at the same steps, twice the steps, and half the steps at a highe
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -102,8 +103,6 @@ def validation(root: Path, levels, variants) -> list[dict]:
     """The validation CCCs the runs under ``root`` were selected by (what a choice between budgets
     is made on; the test split is only reported): per (level, variant, target) the mean over every
     fold and seed, and the SD over seeds of each seed's mean over folds."""
-    import json
-
     rows = []
     for lv in levels:
         for v in variants:
@@ -124,8 +123,6 @@ def validation(root: Path, levels, variants) -> list[dict]:
 
 def train_seconds(models: Path, levels, variants) -> float:
     """Sum of every run's training seconds (each run's ``train.timing.json``), resumes or not."""
-    import json
-
     return round(sum(json.loads(p.read_text())["seconds"] for lv in levels for v in variants
                      for p in (models / lv / v).glob("fold*/seed*/train.timing.json")), 1)
 
@@ -164,10 +161,8 @@ def main() -> int:
     command = "python benchmarks/train_budget.py " + " ".join(sys.argv[1:])
     earlier = ROOT / "benchmarks" / "results" / f"{args.tag}.json"
     if args.score_only and earlier.exists():
-        import json
-
-        seconds = json.loads(earlier.read_text()).get("seconds", {})
-        command = json.loads(earlier.read_text()).get("command", command)
+        before = json.loads(earlier.read_text())
+        seconds, command = before.get("seconds", {}), before.get("command", command)
     for stage in ("train", "evaluate") if not args.score_only else ():
         for level in args.levels:
             for v in args.variants:
