@@ -140,9 +140,6 @@ def parts_worker(variant: str, repeats: int) -> dict:
 
 def cheaper_worker(variant: str, repeats: int) -> dict:
     """One AdamW step at the batch of params.yaml, at half of it and under bfloat16 autocast (ms, medians)."""
-    import statistics
-    import time
-
     import torch
 
     from mambava.config import load_config
@@ -168,14 +165,7 @@ def cheaper_worker(variant: str, repeats: int) -> dict:
             y.float().square().mean().backward()
             opt.step()
 
-        for _ in range(2):
-            step()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        out[name] = round(1000 * statistics.median(times), 2)
+        out[name] = round(1000 * measure(step, repeats, warmup=step)["median_s"], 2)  # 2 untimed steps first
     return {"variant": variant, "batch": b, "window": w, "ms": out,
             "ratio": {k: round(v / out["fp32"], 3) for k, v in out.items()}}
 
