@@ -6,7 +6,7 @@
     python benchmarks/bench_temporal.py --parts --baseline b8d5ef9  # the same with that revision's code, and the ratio
     python benchmarks/bench_temporal.py --parts --at-once 2 --baseline b8d5ef9  # two copies at once, as the pipeline's two workers
     python benchmarks/bench_temporal.py --parts --compile  # eager against torch.compile (Inductor), same step
-    python benchmarks/bench_temporal.py --cheaper    # the step at half the batch, and under bfloat16 autocast
+    python benchmarks/bench_temporal.py --cheaper    # the step at half the batch, under bfloat16 autocast, seeds stacked
 
 What one optimiser step of `mambava train` costs per variant: forward and backward of the whole
 model (TCN, temporal encoder, head) on a batch of ``train.batch_size`` windows of ``train.window``
@@ -27,11 +27,13 @@ copies). ``--compile`` runs the step eager and with the model under ``torch.comp
 CPU code; the first step, which compiles, is reported as ``compile_s``): a measurement of what
 fusing the small element-wise kernels would buy, not what ``mambava train`` runs.
 ``--cheaper`` times one whole optimiser step (forward, backward, AdamW) of each variant at
-``train.batch_size``, at half of it, and at ``train.batch_size`` under bfloat16 autocast (CPU),
-side by side in one process per variant: what the two cheaper budgets of issue 25 would buy
-(their effect on the study's figures: ``train_budget.py``).
+``train.batch_size``, at half of it, at ``train.batch_size`` under bfloat16 autocast (CPU), and at
+``train.seeds`` times the batch, side by side in one process per variant: what the two cheaper
+budgets of issue 25 would buy (their effect on the study's figures: ``train_budget.py``), and the
+most that training the seeds of one (variant, fold) as one batched ensemble could buy (one step on
+all their windows with one set of weights, against ``train.seeds`` steps).
 Writes benchmarks/results/temporal.json (or temporal_parts.json, temporal_parts_at2.json,
-temporal_parts_compile.json, temporal_cheaper.json).
+temporal_parts_compile.json, temporal_cheaper.json; ``--cheaper --tag T``: temporal_cheaper_T.json).
 """
 
 from __future__ import annotations
@@ -153,7 +155,12 @@ def cheaper_worker(variant: str, repeats: int) -> dict:
     model = build_model(mcfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     b, w = cfg.train.batch_size, cfg.train.window
-    setups = {"fp32": (b, False), "half_batch": (max(1, b // 2), False), "bf16": (b, True)}
+    seeds = cfg.train.seeds
+    # seeds_stacked: one step on the windows of all the seeds of one (variant, fold) at once, with one set
+    # of weights: the arithmetic of a batched ensemble of those seeds at its best (an ensemble's weights
+    # differ per seed, so its products can only be smaller and no more efficient than this one batch)
+    setups = {"fp32": (b, False), "half_batch": (max(1, b // 2), False), "bf16": (b, True),
+              "seeds_stacked": (b * seeds, False)}
     out = {}
     for name, (batch, bf16) in setups.items():
         x = torch.randn(batch, w, mcfg.input_dim)
@@ -166,19 +173,22 @@ def cheaper_worker(variant: str, repeats: int) -> dict:
             opt.step()
 
         out[name] = round(1000 * measure(step, repeats, warmup=step)["median_s"], 2)  # 2 untimed steps first
-    return {"variant": variant, "batch": b, "window": w, "ms": out,
-            "ratio": {k: round(v / out["fp32"], 3) for k, v in out.items()}}
+    ratio = {k: round(v / out["fp32"], 3) for k, v in out.items()}
+    ratio["seeds_stacked"] = round(out["seeds_stacked"] / (seeds * out["fp32"]), 3)  # against `seeds` steps at the batch
+    return {"variant": variant, "batch": b, "window": w, "seeds": seeds, "ms": out, "ratio": ratio}
 
 
-def cheaper_main(variants: list[str], repeats: int) -> int:
+def cheaper_main(variants: list[str], repeats: int, tag: str | None = None) -> int:
     results = {}
     for v in variants:
         results[v] = run_worker(__file__, ["cheaper", v, str(repeats)], timeout=900)
-    print_table(["variant", "batch (fp32)", "half batch", "bf16 autocast", "half / fp32", "bf16 / fp32"],
-                [[v, *(fmt(r.get("ms", {}).get(k), " ms") for k in ("fp32", "half_batch", "bf16")),
-                  *(fmt(r.get("ratio", {}).get(k)) for k in ("half_batch", "bf16"))] if "ms" in r
-                 else [v, r.get("error", "?"), "", "", "", ""] for v, r in results.items()])
-    path = write_json("temporal_cheaper.json", {"machine": machine(), "repeats": repeats, "results": results})
+    keys = ("fp32", "half_batch", "bf16", "seeds_stacked")
+    print_table(["variant", "batch (fp32)", "half batch", "bf16 autocast", "seeds x batch", "half / fp32",
+                 "bf16 / fp32", "stacked / (seeds x fp32)"],
+                [[v, *(fmt(r.get("ms", {}).get(k), " ms") for k in keys),
+                  *(fmt(r.get("ratio", {}).get(k)) for k in keys[1:])] if "ms" in r
+                 else [v, r.get("error", "?"), *[""] * 6] for v, r in results.items()])
+    path = write_json(f"temporal_cheaper{'_' + tag if tag else ''}.json", {"machine": machine(), "repeats": repeats, "results": results})
     print(f"wrote {path}")
     return 0
 
@@ -262,7 +272,8 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true",
                     help="with --parts: eager against the model under torch.compile, in the working tree")
     ap.add_argument("--cheaper", action="store_true",
-                    help="the whole step at the batch, at half the batch and under bfloat16 autocast (module doc)")
+                    help="the whole step at the batch, at half the batch, under bfloat16 autocast and at seeds x the batch (module doc)")
+    ap.add_argument("--tag", help="with --cheaper: write temporal_cheaper_TAG.json (keeps an earlier run's file)")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "HEADS", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -276,7 +287,7 @@ def main() -> int:
     from mambava.models import VARIANTS
 
     if args.cheaper:
-        return cheaper_main(list(VARIANTS), args.repeats)
+        return cheaper_main(list(VARIANTS), args.repeats, args.tag)
     if args.parts:
         return parts_main(list(VARIANTS), args.repeats, args.baseline, args.at_once, args.compile)
 
