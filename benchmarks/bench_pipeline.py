@@ -4,7 +4,8 @@
     python benchmarks/bench_pipeline.py parse LOG --tag before   # a stamped log of an earlier run
     python benchmarks/bench_pipeline.py compare before now       # per stage: before, now, now / before
     python benchmarks/bench_pipeline.py ab --baseline b8d5ef9 --set data.synthetic.n_videos=40
-                                       # both versions from scratch in temporary checkouts, one run
+                                       # both versions from scratch in temporary checkouts, then
+                                       # the training step per variant of both, one run
     python benchmarks/bench_pipeline.py cores --cpus 0 --cpus 0,1 --set data.synthetic.n_videos=60 \
         --targets features train@oracle-mamba_va   # the working tree under taskset: 1 core, then 2
 
@@ -13,8 +14,11 @@ itself plus what DVC does around it (hashing its dependencies and outputs, writi
 Stages DVC skips take the time it spent deciding so. ``ab`` checks out the baseline revision and
 the working tree (uncommitted changes included) into temporary folders, applies the same
 ``--set`` overrides to both params.yaml files, and runs ``dvc repro`` in each with that tree's
-code first on the Python path; the twin is drawn anew in each. Results (the log and a JSON with
-the machine) go to benchmarks/results/pipeline_<tag>.{log,json}. ``cores`` runs the working tree's
+code first on the Python path; the twin is drawn anew in each. Then it runs ``bench_temporal.py
+--parts --baseline REV`` (each tree's own params.yaml, without the overrides): the pieces of one
+training step per variant, before and now, and the ratio. Results (the logs and JSONs with the
+machine) go to benchmarks/results/pipeline_<tag>_{before,after}.{log,json} and
+temporal_parts_<tag>.json; ``--no-step`` leaves the step out. ``cores`` runs the working tree's
 ``dvc repro TARGETS`` from scratch once per CPU set (``taskset -c``), so that ``workers: auto``
 shows what more cores buy, stage by stage.
 """
@@ -157,7 +161,7 @@ def _link_tools(dest: Path) -> None:
         shutil.copytree(vega, dest / ".dvc" / "vega")
 
 
-def ab(baseline: str, sets: list[str], tag: str) -> int:
+def ab(baseline: str, sets: list[str], tag: str, step: bool = True, repeats: int = 10) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mambava-ab-"))
     results = {}
     try:
@@ -177,7 +181,17 @@ def ab(baseline: str, sets: list[str], tag: str) -> int:
         subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "before")], cwd=ROOT, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
     compare(results["before"], results["after"])
-    return 0
+    if not step:
+        return 0
+    print("\nthe training step per variant, before and now (bench_temporal.py --parts)", flush=True)
+    return step_ratio(baseline, tag, repeats)
+
+
+def step_ratio(baseline: str, tag: str, repeats: int = 10) -> int:
+    """``bench_temporal.py --parts --baseline REV``: each variant's step in REV and the working tree, and the ratio."""
+    cmd = [sys.executable, str(Path(__file__).with_name("bench_temporal.py")), "--parts", "--baseline", baseline,
+           "--repeats", str(repeats), "--tag", tag]
+    return subprocess.run(cmd, cwd=ROOT).returncode
 
 
 def cores(cpu_sets: list[str], sets: list[str], targets: list[str], tag: str) -> int:
@@ -221,6 +235,8 @@ def main() -> int:
     x.add_argument("--baseline", required=True)
     x.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params.yaml override for both")
     x.add_argument("--tag", default="ab")
+    x.add_argument("--no-step", action="store_true", help="leave out the training step per variant")
+    x.add_argument("--repeats", type=int, default=10, help="training steps timed per variant (after 2 untimed)")
     k = sub.add_parser("cores", help="the working tree's dvc repro TARGETS under taskset, once per CPU set")
     k.add_argument("--cpus", action="append", required=True, help="a taskset CPU list, e.g. 0 or 0,1 (repeat)")
     k.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -240,7 +256,7 @@ def main() -> int:
     if args.cmd == "compare":
         compare(_load(args.a), _load(args.b), (args.a, args.b))
         return 0
-    return ab(args.baseline, args.set, args.tag)
+    return ab(args.baseline, args.set, args.tag, not args.no_step, args.repeats)
 
 
 def _head() -> str:

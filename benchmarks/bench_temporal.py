@@ -33,7 +33,7 @@ budgets of issue 25 would buy (their effect on the study's figures: ``train_budg
 most that training the seeds of one (variant, fold) as one batched ensemble could buy (one step on
 all their windows with one set of weights, against ``train.seeds`` steps).
 Writes benchmarks/results/temporal.json (or temporal_parts.json, temporal_parts_at2.json,
-temporal_parts_compile.json, temporal_cheaper.json; ``--cheaper --tag T``: temporal_cheaper_T.json).
+temporal_parts_compile.json, temporal_cheaper.json; ``--tag T`` adds ``_T`` to the name).
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def _at_once(copies: int, args: list[str], env: dict) -> dict:
 
 
 def parts_main(variants: list[str], repeats: int, baseline: str | None, at_once: int = 1,
-               compiled: bool = False) -> int:
+               compiled: bool = False, tag: str | None = None) -> int:
     trees = {"now": None}
     if baseline:
         trees = {"baseline": _baseline_tree(baseline), "now": None}
@@ -254,7 +254,8 @@ def parts_main(variants: list[str], repeats: int, baseline: str | None, at_once:
                 t = results[k].get("transformer", {}).get("ms", {}).get("step")
                 if t and k in mva:
                     print(f"{k}: Transformer step / Mamba-VA step = {t / mva[k]:.2f}")
-    name = "temporal_parts" + (f"_at{at_once}" if at_once > 1 else "") + ("_compile" if compiled else "") + ".json"
+    name = ("temporal_parts" + (f"_at{at_once}" if at_once > 1 else "") + ("_compile" if compiled else "")
+            + (f"_{tag}" if tag else "") + ".json")
     path = write_json(name, {"machine": machine(), "repeats": repeats, "baseline": "eager" if compiled else baseline,
                              "at_once": at_once, "results": results})
     print(f"wrote {path}")
@@ -273,7 +274,7 @@ def main() -> int:
                     help="with --parts: eager against the model under torch.compile, in the working tree")
     ap.add_argument("--cheaper", action="store_true",
                     help="the whole step at the batch, at half the batch, under bfloat16 autocast and at seeds x the batch (module doc)")
-    ap.add_argument("--tag", help="with --cheaper: write temporal_cheaper_TAG.json (keeps an earlier run's file)")
+    ap.add_argument("--tag", help="with --cheaper or --parts: add _TAG to the JSON's name (keeps an earlier run's file)")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "HEADS", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -289,7 +290,7 @@ def main() -> int:
     if args.cheaper:
         return cheaper_main(list(VARIANTS), args.repeats, args.tag)
     if args.parts:
-        return parts_main(list(VARIANTS), args.repeats, args.baseline, args.at_once, args.compile)
+        return parts_main(list(VARIANTS), args.repeats, args.baseline, args.at_once, args.compile, args.tag)
 
     jobs = [(v, h) for v in VARIANTS for h in (args.heads if v == "transformer" else [0])]
     rows, results = [], []
