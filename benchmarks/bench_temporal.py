@@ -7,6 +7,7 @@
     python benchmarks/bench_temporal.py --parts --at-once 2 --baseline b8d5ef9  # two copies at once, as the pipeline's two workers
     python benchmarks/bench_temporal.py --parts --compile  # eager against torch.compile (Inductor), same step
     python benchmarks/bench_temporal.py --cheaper    # the step at half the batch, under bfloat16 autocast, seeds stacked
+    python benchmarks/bench_temporal.py --ops        # the step by kind of operator (torch.profiler), GEMM throughput
 
 What one optimiser step of `mambava train` costs per variant: forward and backward of the whole
 model (TCN, temporal encoder, head) on a batch of ``train.batch_size`` windows of ``train.window``
@@ -32,8 +33,15 @@ fusing the small element-wise kernels would buy, not what ``mambava train`` runs
 budgets of issue 25 would buy (their effect on the study's figures: ``train_budget.py``), and the
 most that training the seeds of one (variant, fold) as one batched ensemble could buy (one step on
 all their windows with one set of weights, against ``train.seeds`` steps).
+``--ops`` profiles the same AdamW step per variant with ``torch.profiler`` and groups the operators'
+own time by kind (matrix products, convolutions, the numba scan, attention, element-wise, copies and
+layout, normalisation, reductions, optimiser, autograd and Python), scaled to the step's time
+without the profiler; for the matrix products it gives their GFLOP/s beside one large single-thread
+GEMM (2,048 x 2,048 x 2,048), the core's practical peak: whether the step is arithmetic that a faster
+kernel could speed up, or many small operators.
 Writes benchmarks/results/temporal.json (or temporal_parts.json, temporal_parts_at2.json,
-temporal_parts_compile.json, temporal_cheaper.json; ``--tag T`` adds ``_T`` to the name).
+temporal_parts_compile.json, temporal_cheaper.json, temporal_ops.json; ``--tag T`` adds ``_T`` to the
+name).
 """
 
 from __future__ import annotations
@@ -178,6 +186,119 @@ def cheaper_worker(variant: str, repeats: int) -> dict:
     return {"variant": variant, "batch": b, "window": w, "seeds": seeds, "ms": out, "ratio": ratio}
 
 
+OP_KINDS = {  # kind -> operator names, for --ops (then PREFIXES; any other aten op is element-wise)
+    "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"),
+    "convolutions": ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
+                     "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward"),
+    "selective scan (numba)": ("_NumbaScan", "_NumbaScanBackward"),
+    "optimiser": ("aten::lerp_", "aten::addcdiv_", "aten::addcmul_", "aten::sqrt"),
+    "copies and layout": ("aten::copy_", "aten::cat", "aten::clone", "aten::contiguous", "aten::empty",
+                          "aten::fill_", "aten::zero_", "aten::zeros", "aten::as_strided", "aten::view",
+                          "aten::t", "aten::transpose", "aten::slice", "aten::select", "aten::unsqueeze",
+                          "aten::squeeze", "aten::reshape", "aten::permute", "aten::expand", "aten::narrow",
+                          "aten::pad", "aten::constant_pad_nd", "aten::stack", "aten::split", "aten::unbind",
+                          "aten::_unsafe_view", "aten::resize_", "aten::new_zeros", "aten::new_empty",
+                          "aten::_to_copy", "aten::to", "aten::detach", "aten::alias"),
+    "normalisation": ("aten::native_layer_norm", "aten::native_layer_norm_backward", "aten::_weight_norm"),
+    "reductions": ("aten::sum", "aten::mean", "aten::norm", "aten::linalg_vector_norm", "aten::max", "aten::amax"),
+}
+
+
+PREFIXES = {"aten::_foreach": "optimiser", "aten::_fused_adam": "optimiser", "Optimizer.": "optimiser",
+            "aten::_weight_norm": "normalisation"}
+
+
+def _op_kind(name: str) -> str:
+    if "attention" in name.lower():
+        return "attention"
+    for kind, names in OP_KINDS.items():
+        if name in names:
+            return kind
+    for prefix, kind in PREFIXES.items():
+        if name.startswith(prefix):
+            return kind
+    return "element-wise" if name.startswith("aten::") else "autograd and Python"
+
+
+def ops_worker(variant: str, repeats: int) -> dict:
+    """One AdamW step's operators by kind (torch.profiler self time, scaled to the unprofiled step)."""
+    import statistics
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from mambava.config import load_config
+    from mambava.models import build_model, variant_config
+    from mambava.runtime import set_threads
+
+    cfg = load_config(PARAMS)
+    set_threads(1)
+    mcfg = variant_config(cfg.model, variant)
+    torch.manual_seed(0)
+    model = build_model(mcfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(cfg.train.batch_size, cfg.train.window, mcfg.input_dim)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        opt.step()
+
+    step_s = measure(step, repeats, warmup=step)["median_s"]
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for _ in range(repeats):
+            step()
+    events = prof.key_averages()
+    kinds: dict[str, float] = {}
+    mm_us = mm_flops = 0.0
+    top = []
+    for e in events:
+        kind = _op_kind(e.key)
+        kinds[kind] = kinds.get(kind, 0.0) + e.self_cpu_time_total
+        if kind == "matrix products":
+            mm_us += e.self_cpu_time_total
+            mm_flops += e.flops or 0
+        top.append((e.self_cpu_time_total, e.key, kind, e.count))
+    total = sum(kinds.values())
+    scale = 1000 * step_s / total  # profiled microseconds -> milliseconds of the unprofiled step
+    a = torch.randn(2048, 2048)
+    gemm = statistics.median(_timed(lambda: torch.mm(a, a)) for _ in range(5))
+    top.sort(reverse=True)
+    return {"variant": variant, "batch": cfg.train.batch_size, "window": cfg.train.window,
+            "step_ms": round(1000 * step_s, 2), "profiled_step_ms": round(total / 1000 / repeats, 2),
+            "ms": {k: round(v * scale, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "share": {k: round(v / total, 3) for k, v in kinds.items()},
+            "matmul_gflops": round(mm_flops / mm_us / 1e3, 1) if mm_us else None,
+            "matmul_gflop_per_step": round(mm_flops / repeats / 1e9, 3),
+            "gemm_2048_gflops": round(2 * 2048**3 / gemm / 1e9, 1),
+            "top_ops": [{"op": k, "kind": kind, "calls_per_step": c // repeats, "ms": round(t * scale, 2)}
+                        for t, k, kind, c in top[:12]]}
+
+
+def _timed(fn) -> float:
+    import time
+
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def ops_main(variants: list[str], repeats: int, tag: str | None = None) -> int:
+    results = {v: run_worker(__file__, ["ops", v, str(repeats)], timeout=900) for v in variants}
+    kinds = ["matrix products", "convolutions", "selective scan (numba)", "attention", "element-wise",
+             "copies and layout", "normalisation", "reductions", "optimiser", "autograd and Python"]
+    print_table(["variant", "step", *kinds],
+                [[v, fmt(r.get("step_ms"), " ms"), *(f"{r['ms'].get(k, 0):.1f} ({100 * r['share'].get(k, 0):.0f}%)"
+                                                       for k in kinds)] if "ms" in r
+                 else [v, r.get("error", "?"), *[""] * len(kinds)] for v, r in results.items()])
+    print_table(["variant", "matrix products, GFLOP per step", "their GFLOP/s", "one 2048^3 GEMM, GFLOP/s"],
+                [[v, fmt(r.get("matmul_gflop_per_step")), fmt(r.get("matmul_gflops")), fmt(r.get("gemm_2048_gflops"))]
+                 for v, r in results.items() if "ms" in r])
+    path = write_json(f"temporal_ops{'_' + tag if tag else ''}.json", {"machine": machine(), "repeats": repeats, "results": results})
+    print(f"wrote {path}")
+    return 0
+
+
 def cheaper_main(variants: list[str], repeats: int, tag: str | None = None) -> int:
     results = {}
     for v in variants:
@@ -274,7 +395,9 @@ def main() -> int:
                     help="with --parts: eager against the model under torch.compile, in the working tree")
     ap.add_argument("--cheaper", action="store_true",
                     help="the whole step at the batch, at half the batch, under bfloat16 autocast and at seeds x the batch (module doc)")
-    ap.add_argument("--tag", help="with --cheaper or --parts: add _TAG to the JSON's name (keeps an earlier run's file)")
+    ap.add_argument("--ops", action="store_true",
+                    help="the step's operators by kind (torch.profiler) and the matrix products' GFLOP/s (module doc)")
+    ap.add_argument("--tag", help="with --cheaper, --ops or --parts: add _TAG to the JSON's name (keeps an earlier run's file)")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "HEADS", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -282,13 +405,15 @@ def main() -> int:
 
         v, h, r = args.worker
         res = (parts_worker(h, int(r)) if v == "parts" else cheaper_worker(h, int(r)) if v == "cheaper"
-               else worker(v, int(h), int(r)))
+               else ops_worker(h, int(r)) if v == "ops" else worker(v, int(h), int(r)))
         print(json.dumps(res))
         return 0
     from mambava.models import VARIANTS
 
     if args.cheaper:
         return cheaper_main(list(VARIANTS), args.repeats, args.tag)
+    if args.ops:
+        return ops_main(list(VARIANTS), args.repeats, args.tag)
     if args.parts:
         return parts_main(list(VARIANTS), args.repeats, args.baseline, args.at_once, args.compile, args.tag)
 
