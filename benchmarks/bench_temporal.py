@@ -5,6 +5,7 @@
     python benchmarks/bench_temporal.py --parts      # inside one step: data, forward, loss, backward, optimiser
     python benchmarks/bench_temporal.py --parts --baseline b8d5ef9  # the same with that revision's code, and the ratio
     python benchmarks/bench_temporal.py --parts --at-once 2 --baseline b8d5ef9  # two copies at once, as the pipeline's two workers
+    python benchmarks/bench_temporal.py --parts --baseline b8d5ef9 --rounds 3   # each variant 3 times per tree, in turn
     python benchmarks/bench_temporal.py --parts --compile  # eager against torch.compile (Inductor), same step
     python benchmarks/bench_temporal.py --cheaper    # the step at half the batch, under bfloat16 autocast, seeds stacked
     python benchmarks/bench_temporal.py --ops        # the step by kind of operator (torch.profiler), GEMM throughput
@@ -21,7 +22,9 @@ chosen. ``--parts`` times the pieces of one training step as ``mambava train`` r
 (``train._train_step``'s work: gathering a batch of windows from the in-RAM feature copy, the cast,
 forward, the CCC loss, backward, gradient clipping, AdamW and the scheduler) and the whole step;
 ``--baseline REV`` runs the same in a checkout of REV (its code and its params.yaml) and prints
-the ratio per variant. ``--at-once N`` runs N copies of each measurement at the same time, as
+the ratio per variant; per variant the two trees run in turn, ``--rounds N`` times, and each part
+is the median over the rounds (a shared machine's speed drifts by 10-20% within minutes).
+``--at-once N`` runs N copies of each measurement at the same time, as
 ``train.workers`` runs N trainings at once on N cores: the copies share the caches and the memory
 bandwidth, which slows memory-bound code more than arithmetic (the parts are the mean of the
 copies). ``--compile`` runs the step eager and with the model under ``torch.compile`` (Inductor's
@@ -333,8 +336,22 @@ def _at_once(copies: int, args: list[str], env: dict) -> dict:
     return {**runs[0], "ms": ms, "copies": copies, "step_per_copy": [r["ms"]["step"] for r in runs]}
 
 
+def _median_of(runs: list[dict]) -> dict:
+    """One variant's parts over several rounds: the median of each part (the first run's other keys)."""
+    import statistics
+
+    ok = [r for r in runs if "ms" in r]
+    if not ok:
+        return runs[0]
+    out = dict(ok[0])
+    out["ms"] = {k: round(statistics.median(r["ms"][k] for r in ok), 2) for k in ok[0]["ms"]}
+    if len(runs) > 1:
+        out["rounds_step_ms"] = [r["ms"]["step"] for r in ok]
+    return out
+
+
 def parts_main(variants: list[str], repeats: int, baseline: str | None, at_once: int = 1,
-               compiled: bool = False, tag: str | None = None) -> int:
+               compiled: bool = False, tag: str | None = None, rounds: int = 1) -> int:
     trees = {"now": None}
     if baseline:
         trees = {"baseline": _baseline_tree(baseline), "now": None}
@@ -343,13 +360,18 @@ def parts_main(variants: list[str], repeats: int, baseline: str | None, at_once:
     names = ["data", "cast", "forward", "loss", "backward", "clip", "optimiser", "other", "step"]
     results: dict[str, dict] = {}
     try:
-        for label, tree in trees.items():
-            env = {"PYTHONPATH": str(tree / "src"), "MAMBAVA_BENCH_ROOT": str(tree)} if tree else {}
-            if compiled:
-                env["MAMBAVA_BENCH_COMPILE"] = "1" if label == "now" else "0"
-            for v in variants:
-                res = _at_once(at_once, ["parts", v, str(repeats)], env)
-                results.setdefault(label, {})[v] = res
+        # per variant, the two trees in turn, `rounds` times: a machine whose speed drifts during the
+        # run (a shared host) slows both sides of a ratio alike; each part is the median over rounds
+        for v in variants:
+            per_round: dict[str, list[dict]] = {}
+            for _ in range(rounds):
+                for label, tree in trees.items():
+                    env = {"PYTHONPATH": str(tree / "src"), "MAMBAVA_BENCH_ROOT": str(tree)} if tree else {}
+                    if compiled:
+                        env["MAMBAVA_BENCH_COMPILE"] = "1" if label == "now" else "0"
+                    per_round.setdefault(label, []).append(_at_once(at_once, ["parts", v, str(repeats)], env))
+            for label, runs in per_round.items():
+                results.setdefault(label, {})[v] = _median_of(runs)
     finally:
         if baseline:
             subprocess.run(["git", "worktree", "remove", "--force", str(trees["baseline"])], cwd=ROOT, capture_output=True)
@@ -377,8 +399,8 @@ def parts_main(variants: list[str], repeats: int, baseline: str | None, at_once:
                     print(f"{k}: Transformer step / Mamba-VA step = {t / mva[k]:.2f}")
     name = ("temporal_parts" + (f"_at{at_once}" if at_once > 1 else "") + ("_compile" if compiled else "")
             + (f"_{tag}" if tag else "") + ".json")
-    path = write_json(name, {"machine": machine(), "repeats": repeats, "baseline": "eager" if compiled else baseline,
-                             "at_once": at_once, "results": results})
+    path = write_json(name, {"machine": machine(), "repeats": repeats, "rounds": rounds,
+                             "baseline": "eager" if compiled else baseline, "at_once": at_once, "results": results})
     print(f"wrote {path}")
     return 0
 
@@ -391,6 +413,8 @@ def main() -> int:
     ap.add_argument("--baseline", metavar="REV", help="with --parts: also run REV's code and params, and the ratio")
     ap.add_argument("--at-once", type=int, default=1, metavar="N",
                     help="with --parts: N copies of each measurement at the same time (train.workers N)")
+    ap.add_argument("--rounds", type=int, default=1, metavar="N",
+                    help="with --parts: each variant N times per tree, the trees in turn; medians over the rounds")
     ap.add_argument("--compile", action="store_true",
                     help="with --parts: eager against the model under torch.compile, in the working tree")
     ap.add_argument("--cheaper", action="store_true",
@@ -415,7 +439,7 @@ def main() -> int:
     if args.ops:
         return ops_main(list(VARIANTS), args.repeats, args.tag)
     if args.parts:
-        return parts_main(list(VARIANTS), args.repeats, args.baseline, args.at_once, args.compile, args.tag)
+        return parts_main(list(VARIANTS), args.repeats, args.baseline, args.at_once, args.compile, args.tag, args.rounds)
 
     jobs = [(v, h) for v in VARIANTS for h in (args.heads if v == "transformer" else [0])]
     rows, results = [], []

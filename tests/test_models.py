@@ -16,6 +16,7 @@ from mambava.models import VARIANTS, build_model, variant_config
 from mambava.models.mamba import Mamba
 from mambava.models.mamba_va import FrameNorm, MambaVA
 from mambava.models.summary import count_parameters, print_summary
+from mambava.models import tcn as tcn_module
 from mambava.models.tcn import TCN
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -224,6 +225,81 @@ def test_tcn_matches_conv1d_values_and_gradients(kernel, channels):
     grads_ref = torch.autograd.grad(ref, [x_ref, *tcn.parameters()], g)
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def _tcn_grads(tcn: TCN, x: torch.Tensor, g: torch.Tensor, fused: bool, monkeypatch) -> tuple:
+    with monkeypatch.context() as m:
+        if not fused:  # the PyTorch form of the same model (_ShiftSum, PReLU as relu(x) - a relu(-x))
+            m.setattr(tcn_module, "_fusable", lambda *a: False)
+        x = x.detach().clone().requires_grad_(True)
+        out = tcn(x)
+        return out, torch.autograd.grad(out, [x, *tcn.parameters()], g)
+
+
+@pytest.mark.parametrize("kernel,channels,length", [(3, [32, 32, 32, 32], 512), (5, [6, 6], 40),
+                                                    (3, [8, 8, 8, 8], 5)])  # 5 frames: shorter than dilation 8's taps
+def test_tcn_one_pass_on_cpu_is_the_pytorch_form(kernel, channels, length, monkeypatch):
+    """The numba pass (shifted sum, bias, PReLU, residual, PReLU) computes the PyTorch form's float
+    operations in its order: outputs and the gradients of the input and the convolutions' weights
+    bit for bit; the biases' and slopes' gradients are sums accumulated differently (float64)."""
+    torch.manual_seed(kernel + length)
+    tcn = TCN(19, channels, kernel=kernel, dropout=0.0)
+    with torch.no_grad():
+        for lvl in tcn.levels:
+            for act in (lvl.act1, lvl.act2, lvl.act):
+                act.weight.uniform_(-0.5, 0.8)
+    x = torch.randn(3, length, 19)
+    g = torch.randn(3, length, channels[-1])
+    out, grads = _tcn_grads(tcn, x, g, True, monkeypatch)
+    ref, grads_ref = _tcn_grads(tcn, x, g, False, monkeypatch)
+    assert torch.equal(out, ref)
+    names = ["input", *(n for n, _ in tcn.named_parameters())]
+    for name, a, b in zip(names, grads, grads_ref):
+        if name.endswith("bias") or ".act" in name:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+        else:
+            assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_tcn_one_pass_gradcheck(residual):
+    torch.manual_seed(3)
+    b, length, k, c = 2, 11, 3, 4
+    taps = torch.randn(b, length, k, c, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(c, dtype=torch.float64, requires_grad=True)
+    a1 = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    a2 = torch.tensor([-0.2], dtype=torch.float64, requires_grad=True)
+    res = torch.randn(b, length, c, dtype=torch.float64, requires_grad=True)
+    shifts = (8, 4, 0)  # dilation 4: a tap reaching before the start, one reaching past 11 frames' half
+
+    def f(taps, bias, a1, res, a2):
+        return tcn_module._ConvAct.apply(taps, shifts, bias, a1, res if residual else None, a2 if residual else None)
+
+    assert torch.autograd.gradcheck(f, (taps, bias, a1, res, a2))
+
+
+def test_tcn_one_pass_zero_input_passes_no_gradient():
+    """A PReLU input of exactly 0 (here: zero taps, zero bias): relu(x) - a relu(-x) under autograd
+    gives it no gradient, and neither does the numba pass."""
+    taps = torch.zeros(1, 6, 3, 2, requires_grad=True)
+    a = torch.tensor([0.25], requires_grad=True)
+    out = tcn_module._ConvAct.apply(taps, (2, 1, 0), torch.zeros(2), a, None, None)
+    (g_taps,) = torch.autograd.grad(out.sum(), [taps])
+    z = tcn_module._ShiftSum.apply(taps, (2, 1, 0))
+    (g_ref,) = torch.autograd.grad((F.relu(z) - a * F.relu(-z)).sum(), [taps])
+    assert torch.equal(out, torch.zeros(1, 6, 2)) and torch.equal(g_taps, g_ref) and not g_taps.any()
+
+
+def test_tcn_with_dropout_keeps_the_textbook_values_in_eval():
+    """Dropout between the second PReLU and the residual sum: training takes the unfused residual
+    path; in eval (dropout the identity) the one pass gives the F.conv1d reference's values."""
+    torch.manual_seed(5)
+    tcn = TCN(7, [6, 6], kernel=3, dropout=0.3)
+    x = torch.randn(2, 50, 7)
+    torch.testing.assert_close(tcn.eval()(x), _tcn_by_conv1d(tcn, x), rtol=1e-5, atol=1e-5)
+    tcn.train()
+    a, b = tcn(x), tcn(x)
+    assert a.shape == (2, 50, 6) and not torch.equal(a, b)
 
 
 def test_tcn_weight_norm_and_old_style_keys():
