@@ -9,6 +9,7 @@
     python benchmarks/bench_temporal.py --parts --compile  # eager against torch.compile (Inductor), same step
     python benchmarks/bench_temporal.py --cheaper    # the step at half the batch, under bfloat16 autocast, seeds stacked
     python benchmarks/bench_temporal.py --ops        # the step by kind of operator (torch.profiler), GEMM throughput
+    python benchmarks/bench_temporal.py --tcn-pass   # the TCN's one numba pass against its PyTorch form, in turn
 
 What one optimiser step of `mambava train` costs per variant: forward and backward of the whole
 model (TCN, temporal encoder, head) on a batch of ``train.batch_size`` windows of ``train.window``
@@ -42,9 +43,12 @@ layout, normalisation, reductions, optimiser, autograd and Python), scaled to th
 without the profiler; for the matrix products it gives their GFLOP/s beside one large single-thread
 GEMM (2,048 x 2,048 x 2,048), the core's practical peak: whether the step is arithmetic that a faster
 kernel could speed up, or many small operators.
+``--tcn-pass`` times the step of each variant with a TCN with the TCN's one numba pass
+(``models.tcn._ConvAct``) and with its PyTorch form, in one process, the two in turn every 4 steps
+(``--rounds`` pairs, default 16): the change on its own, free of the drift between processes.
 Writes benchmarks/results/temporal.json (or temporal_parts.json, temporal_parts_at2.json,
-temporal_parts_compile.json, temporal_cheaper.json, temporal_ops.json; ``--tag T`` adds ``_T`` to the
-name).
+temporal_parts_compile.json, temporal_cheaper.json, temporal_ops.json, temporal_tcn_pass.json;
+``--tag T`` adds ``_T`` to the name).
 """
 
 from __future__ import annotations
@@ -286,6 +290,56 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def tcn_pass_worker(variant: str, rounds: int) -> dict:
+    """The TCN's one numba pass against its PyTorch form in one process, in turn every 4 steps."""
+    import statistics
+    import time
+
+    import torch
+
+    from mambava.config import load_config
+    from mambava.models import build_model, tcn, variant_config
+    from mambava.runtime import set_threads
+
+    cfg = load_config(PARAMS)
+    set_threads(1)
+    mcfg = variant_config(cfg.model, variant)
+    torch.manual_seed(0)
+    model = build_model(mcfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(cfg.train.batch_size, cfg.train.window, mcfg.input_dim)
+    fusable = tcn._fusable
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        opt.step()
+
+    times: dict[str, list[float]] = {"one_pass": [], "pytorch": []}
+    for r in range(2 * rounds):
+        form = "one_pass" if r % 2 == 0 else "pytorch"
+        tcn._fusable = fusable if form == "one_pass" else (lambda *a: False)
+        step()  # untimed: the first step after a switch
+        for _ in range(4):
+            t0 = time.perf_counter()
+            step()
+            times[form].append(time.perf_counter() - t0)
+    tcn._fusable = fusable
+    ms = {k: round(1000 * statistics.median(v), 2) for k, v in times.items()}
+    return {"variant": variant, "ms": ms, "ratio": round(ms["one_pass"] / ms["pytorch"], 3), "steps_each": 4 * rounds}
+
+
+def tcn_pass_main(variants: list[str], rounds: int, tag: str | None = None) -> int:
+    results = {v: run_worker(__file__, ["tcn_pass", v, str(rounds)], timeout=900) for v in variants}
+    print_table(["variant", "PyTorch form", "one pass", "one pass / PyTorch"],
+                [[v, fmt(r["ms"]["pytorch"], " ms"), fmt(r["ms"]["one_pass"], " ms"), fmt(r["ratio"])] if "ms" in r
+                 else [v, r.get("error", "?"), "", ""] for v, r in results.items()])
+    path = write_json(f"temporal_tcn_pass{'_' + tag if tag else ''}.json",
+                      {"machine": machine(), "rounds": rounds, "results": results})
+    print(f"wrote {path}")
+    return 0
+
+
 def ops_main(variants: list[str], repeats: int, tag: str | None = None) -> int:
     results = {v: run_worker(__file__, ["ops", v, str(repeats)], timeout=900) for v in variants}
     kinds = ["matrix products", "convolutions", "selective scan (numba)", "attention", "element-wise",
@@ -421,7 +475,9 @@ def main() -> int:
                     help="the whole step at the batch, at half the batch, under bfloat16 autocast and at seeds x the batch (module doc)")
     ap.add_argument("--ops", action="store_true",
                     help="the step's operators by kind (torch.profiler) and the matrix products' GFLOP/s (module doc)")
-    ap.add_argument("--tag", help="with --cheaper, --ops or --parts: add _TAG to the JSON's name (keeps an earlier run's file)")
+    ap.add_argument("--tcn-pass", action="store_true",
+                    help="the TCN's one numba pass against its PyTorch form, in turn in one process (module doc)")
+    ap.add_argument("--tag", help="with --cheaper, --ops, --tcn-pass or --parts: add _TAG to the JSON's name (keeps an earlier run's file)")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "HEADS", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -429,15 +485,20 @@ def main() -> int:
 
         v, h, r = args.worker
         res = (parts_worker(h, int(r)) if v == "parts" else cheaper_worker(h, int(r)) if v == "cheaper"
-               else ops_worker(h, int(r)) if v == "ops" else worker(v, int(h), int(r)))
+               else ops_worker(h, int(r)) if v == "ops" else tcn_pass_worker(h, int(r)) if v == "tcn_pass"
+               else worker(v, int(h), int(r)))
         print(json.dumps(res))
         return 0
-    from mambava.models import VARIANTS
+    from mambava.config import load_config
+    from mambava.models import VARIANTS, variant_config
 
     if args.cheaper:
         return cheaper_main(list(VARIANTS), args.repeats, args.tag)
     if args.ops:
         return ops_main(list(VARIANTS), args.repeats, args.tag)
+    if args.tcn_pass:
+        return tcn_pass_main([v for v in VARIANTS if variant_config(load_config(PARAMS).model, v).tcn],
+                             args.rounds if args.rounds > 1 else 16, args.tag)
     if args.parts:
         return parts_main(list(VARIANTS), args.repeats, args.baseline, args.at_once, args.compile, args.tag, args.rounds)
 
