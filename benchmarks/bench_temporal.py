@@ -155,8 +155,8 @@ def parts_worker(variant: str, repeats: int) -> dict:
             "compile_s": round(times["step"][0], 1) if net is not model else None}
 
 
-def cheaper_worker(variant: str, repeats: int) -> dict:
-    """One AdamW step at the batch of params.yaml, at half of it and under bfloat16 autocast (ms, medians)."""
+def _adamw_setup(variant: str):
+    """params.yaml's config, ``variant``'s model config, the model (seed 0, training mode) and AdamW; one thread."""
     import torch
 
     from mambava.config import load_config
@@ -168,7 +168,14 @@ def cheaper_worker(variant: str, repeats: int) -> dict:
     mcfg = variant_config(cfg.model, variant)
     torch.manual_seed(0)
     model = build_model(mcfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return cfg, mcfg, model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def cheaper_worker(variant: str, repeats: int) -> dict:
+    """One AdamW step at the batch of params.yaml, at half of it and under bfloat16 autocast (ms, medians)."""
+    import torch
+
+    cfg, mcfg, model, opt = _adamw_setup(variant)
     b, w = cfg.train.batch_size, cfg.train.window
     seeds = cfg.train.seeds
     # seeds_stacked: one step on the windows of all the seeds of one (variant, fold) at once, with one set
@@ -227,23 +234,11 @@ def _op_kind(name: str) -> str:
     return "element-wise" if name.startswith("aten::") else "autograd and Python"
 
 
-def ops_worker(variant: str, repeats: int) -> dict:
-    """One AdamW step's operators by kind (torch.profiler self time, scaled to the unprofiled step)."""
-    import statistics
-
+def _adamw_step(variant: str):
+    """params.yaml's config and one AdamW step of ``variant`` on a random training batch (one thread)."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
-    from mambava.config import load_config
-    from mambava.models import build_model, variant_config
-    from mambava.runtime import set_threads
-
-    cfg = load_config(PARAMS)
-    set_threads(1)
-    mcfg = variant_config(cfg.model, variant)
-    torch.manual_seed(0)
-    model = build_model(mcfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    cfg, mcfg, model, opt = _adamw_setup(variant)
     x = torch.randn(cfg.train.batch_size, cfg.train.window, mcfg.input_dim)
 
     def step():
@@ -251,6 +246,17 @@ def ops_worker(variant: str, repeats: int) -> dict:
         model(x).square().mean().backward()
         opt.step()
 
+    return cfg, step
+
+
+def ops_worker(variant: str, repeats: int) -> dict:
+    """One AdamW step's operators by kind (torch.profiler self time, scaled to the unprofiled step)."""
+    import statistics
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg, step = _adamw_step(variant)
     step_s = measure(step, repeats, warmup=step)["median_s"]
     with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         for _ in range(repeats):
@@ -295,26 +301,10 @@ def tcn_pass_worker(variant: str, rounds: int) -> dict:
     import statistics
     import time
 
-    import torch
+    from mambava.models import tcn
 
-    from mambava.config import load_config
-    from mambava.models import build_model, tcn, variant_config
-    from mambava.runtime import set_threads
-
-    cfg = load_config(PARAMS)
-    set_threads(1)
-    mcfg = variant_config(cfg.model, variant)
-    torch.manual_seed(0)
-    model = build_model(mcfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(cfg.train.batch_size, cfg.train.window, mcfg.input_dim)
+    _, step = _adamw_step(variant)
     fusable = tcn._fusable
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        model(x).square().mean().backward()
-        opt.step()
-
     times: dict[str, list[float]] = {"one_pass": [], "pytorch": []}
     for r in range(2 * rounds):
         form = "one_pass" if r % 2 == 0 else "pytorch"

@@ -290,6 +290,22 @@ def test_tcn_one_pass_zero_input_passes_no_gradient():
     assert torch.equal(out, torch.zeros(1, 6, 2)) and torch.equal(g_taps, g_ref) and not g_taps.any()
 
 
+def test_tcn_under_cpu_autocast_takes_the_pytorch_form(monkeypatch):
+    """bfloat16 autocast on a CPU (bench_temporal.py --cheaper): the taps are bfloat16, which the
+    numba pass does not take; the block falls back to the PyTorch form and trains."""
+    torch.manual_seed(6)
+    tcn = TCN(7, [6, 6], kernel=3, dropout=0.0)
+    x = torch.randn(2, 30, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tcn(x)
+        with monkeypatch.context() as m:
+            m.setattr(tcn_module, "_fusable", lambda *a: False)
+            ref = tcn(x)
+    assert torch.equal(out, ref)  # (the fused path would have failed on the bfloat16 taps)
+    out.float().sum().backward()
+    assert all(p.grad is not None for p in tcn.parameters())
+
+
 def test_tcn_with_dropout_keeps_the_textbook_values_in_eval():
     """Dropout between the second PReLU and the residual sum: training takes the unfused residual
     path; in eval (dropout the identity) the one pass gives the F.conv1d reference's values."""

@@ -211,7 +211,9 @@ class _ConvAct(torch.autograd.Function):
 
 
 def _fusable(x: torch.Tensor, conv: nn.Conv1d, *acts: nn.PReLU) -> bool:
+    """The one pass takes float32/float64 CPU tensors; under CPU autocast the taps come out bfloat16."""
     return (njit is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled("cpu")
             and conv.weight.shape[2] > 1 and all(a.num_parameters == 1 for a in acts))
 
 
