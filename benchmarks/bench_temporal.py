@@ -251,8 +251,6 @@ def _adamw_step(variant: str):
 
 def ops_worker(variant: str, repeats: int) -> dict:
     """One AdamW step's operators by kind (torch.profiler self time, scaled to the unprofiled step)."""
-    import statistics
-
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -275,7 +273,7 @@ def ops_worker(variant: str, repeats: int) -> dict:
     total = sum(kinds.values())
     scale = 1000 * step_s / total  # profiled microseconds -> milliseconds of the unprofiled step
     a = torch.randn(2048, 2048)
-    gemm = statistics.median(_timed(lambda: torch.mm(a, a)) for _ in range(5))
+    gemm = measure(lambda: torch.mm(a, a), 5)["median_s"]
     top.sort(reverse=True)
     return {"variant": variant, "batch": cfg.train.batch_size, "window": cfg.train.window,
             "step_ms": round(1000 * step_s, 2), "profiled_step_ms": round(total / 1000 / repeats, 2),
@@ -286,14 +284,6 @@ def ops_worker(variant: str, repeats: int) -> dict:
             "gemm_2048_gflops": round(2 * 2048**3 / gemm / 1e9, 1),
             "top_ops": [{"op": k, "kind": kind, "calls_per_step": c // repeats, "ms": round(t * scale, 2)}
                         for t, k, kind, c in top[:12]]}
-
-
-def _timed(fn) -> float:
-    import time
-
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def tcn_pass_worker(variant: str, rounds: int) -> dict:

@@ -28,7 +28,7 @@ tensors, most of a TCN training step's time besides the products (``benchmarks/b
 forward computes the same float operations in the same order as the PyTorch form (bit-identical
 outputs and input gradients, tested); the bias's and slopes' gradients are sums over the batch
 and time, accumulated here in float64, so they differ from PyTorch's float32 reductions in the
-last bits. Other devices, several-slope PReLUs and kernel 1 take the PyTorch form.
+last bits. Other devices, CPU autocast, several-slope PReLUs and kernel 1 take the PyTorch form.
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def conv_act(x: torch.Tensor, conv: nn.Conv1d, act: nn.PReLU, res: torch.Tensor 
              act_res: nn.PReLU | None = None) -> torch.Tensor:
     """act(causal_conv(x, conv)), and with ``res``: act_res(that + res); one numba pass on a CPU."""
     acts = (act,) if res is None else (act, act_res)
-    if _fusable(x, conv, *acts) and (res is None or res.shape[:2] == x.shape[:2]):
+    if _fusable(x, conv, *acts):
         taps, shifts = _taps(x, conv)
         return _ConvAct.apply(taps, shifts, conv.bias, act.weight, res, None if res is None else act_res.weight)
     y = act(causal_conv(x, conv))
