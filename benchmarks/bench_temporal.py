@@ -10,6 +10,7 @@
     python benchmarks/bench_temporal.py --cheaper    # the step at half the batch, under bfloat16 autocast, seeds stacked
     python benchmarks/bench_temporal.py --ops        # the step by kind of operator (torch.profiler), GEMM throughput
     python benchmarks/bench_temporal.py --tcn-pass   # the TCN's one numba pass against its PyTorch form, in turn
+    python benchmarks/bench_temporal.py --mamba-pass # the Mamba block's conv + SiLU pass against its PyTorch form, in turn
 
 What one optimiser step of `mambava train` costs per variant: forward and backward of the whole
 model (TCN, temporal encoder, head) on a batch of ``train.batch_size`` windows of ``train.window``
@@ -46,8 +47,11 @@ kernel could speed up, or many small operators.
 ``--tcn-pass`` times the step of each variant with a TCN with the TCN's one numba pass
 (``models.tcn._ConvAct``) and with its PyTorch form, in one process, the two in turn every 4 steps
 (``--rounds`` pairs, default 16): the change on its own, free of the drift between processes.
+``--mamba-pass`` does the same for the variants with Mamba layers and the Mamba block's one pass
+for its causal conv and SiLU (``models.mamba._ConvSilu``).
 Writes benchmarks/results/temporal.json (or temporal_parts.json, temporal_parts_at2.json,
-temporal_parts_compile.json, temporal_cheaper.json, temporal_ops.json, temporal_tcn_pass.json;
+temporal_parts_compile.json, temporal_cheaper.json, temporal_ops.json, temporal_tcn_pass.json,
+temporal_mamba_pass.json;
 ``--tag T`` adds ``_T`` to the name).
 """
 
@@ -286,35 +290,44 @@ def ops_worker(variant: str, repeats: int) -> dict:
                         for t, k, kind, c in top[:12]]}
 
 
-def tcn_pass_worker(variant: str, rounds: int) -> dict:
-    """The TCN's one numba pass against its PyTorch form in one process, in turn every 4 steps."""
+def _one_pass_switch(kind: str):
+    """(the one pass's guard, its setter) for ``kind``: 'tcn' (``tcn._fusable``) or 'mamba'
+    (``Mamba._one_pass``); setting the guard to a function returning False gives the PyTorch form."""
+    from mambava.models import tcn
+    from mambava.models.mamba import Mamba
+
+    if kind == "tcn":
+        return tcn._fusable, lambda f: setattr(tcn, "_fusable", f)
+    return Mamba._one_pass, lambda f: setattr(Mamba, "_one_pass", f)
+
+
+def pass_worker(kind: str, variant: str, rounds: int) -> dict:
+    """A one pass (the TCN's or the Mamba block's) against its PyTorch form in one process, in turn every 4 steps."""
     import statistics
     import time
 
-    from mambava.models import tcn
-
     _, step = _adamw_step(variant)
-    fusable = tcn._fusable
+    guard, set_guard = _one_pass_switch(kind)
     times: dict[str, list[float]] = {"one_pass": [], "pytorch": []}
     for r in range(2 * rounds):
         form = "one_pass" if r % 2 == 0 else "pytorch"
-        tcn._fusable = fusable if form == "one_pass" else (lambda *a: False)
+        set_guard(guard if form == "one_pass" else (lambda *a: False))
         step()  # untimed: the first step after a switch
         for _ in range(4):
             t0 = time.perf_counter()
             step()
             times[form].append(time.perf_counter() - t0)
-    tcn._fusable = fusable
+    set_guard(guard)
     ms = {k: round(1000 * statistics.median(v), 2) for k, v in times.items()}
     return {"variant": variant, "ms": ms, "ratio": round(ms["one_pass"] / ms["pytorch"], 3), "steps_each": 4 * rounds}
 
 
-def tcn_pass_main(variants: list[str], rounds: int, tag: str | None = None) -> int:
-    results = {v: run_worker(__file__, ["tcn_pass", v, str(rounds)], timeout=900) for v in variants}
+def pass_main(kind: str, variants: list[str], rounds: int, tag: str | None = None) -> int:
+    results = {v: run_worker(__file__, [f"{kind}_pass", v, str(rounds)], timeout=900) for v in variants}
     print_table(["variant", "PyTorch form", "one pass", "one pass / PyTorch"],
                 [[v, fmt(r["ms"]["pytorch"], " ms"), fmt(r["ms"]["one_pass"], " ms"), fmt(r["ratio"])] if "ms" in r
                  else [v, r.get("error", "?"), "", ""] for v, r in results.items()])
-    path = write_json(f"temporal_tcn_pass{'_' + tag if tag else ''}.json",
+    path = write_json(f"temporal_{kind}_pass{'_' + tag if tag else ''}.json",
                       {"machine": machine(), "rounds": rounds, "results": results})
     print(f"wrote {path}")
     return 0
@@ -457,7 +470,9 @@ def main() -> int:
                     help="the step's operators by kind (torch.profiler) and the matrix products' GFLOP/s (module doc)")
     ap.add_argument("--tcn-pass", action="store_true",
                     help="the TCN's one numba pass against its PyTorch form, in turn in one process (module doc)")
-    ap.add_argument("--tag", help="with --cheaper, --ops, --tcn-pass or --parts: add _TAG to the JSON's name (keeps an earlier run's file)")
+    ap.add_argument("--mamba-pass", action="store_true",
+                    help="the Mamba block's one pass (conv and SiLU) against its PyTorch form, the same way")
+    ap.add_argument("--tag", help="with --cheaper, --ops, --tcn-pass, --mamba-pass or --parts: add _TAG to the JSON's name (keeps an earlier run's file)")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "HEADS", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -465,7 +480,8 @@ def main() -> int:
 
         v, h, r = args.worker
         res = (parts_worker(h, int(r)) if v == "parts" else cheaper_worker(h, int(r)) if v == "cheaper"
-               else ops_worker(h, int(r)) if v == "ops" else tcn_pass_worker(h, int(r)) if v == "tcn_pass"
+               else ops_worker(h, int(r)) if v == "ops"
+               else pass_worker(v[:-5], h, int(r)) if v in ("tcn_pass", "mamba_pass")
                else worker(v, int(h), int(r)))
         print(json.dumps(res))
         return 0
@@ -477,8 +493,11 @@ def main() -> int:
     if args.ops:
         return ops_main(list(VARIANTS), args.repeats, args.tag)
     if args.tcn_pass:
-        return tcn_pass_main([v for v in VARIANTS if variant_config(load_config(PARAMS).model, v).tcn],
-                             args.rounds if args.rounds > 1 else 16, args.tag)
+        return pass_main("tcn", [v for v in VARIANTS if variant_config(load_config(PARAMS).model, v).tcn],
+                         args.rounds if args.rounds > 1 else 16, args.tag)
+    if args.mamba_pass:
+        return pass_main("mamba", [v for v in VARIANTS if variant_config(load_config(PARAMS).model, v).temporal == "mamba"],
+                         args.rounds if args.rounds > 1 else 16, args.tag)
     if args.parts:
         return parts_main(list(VARIANTS), args.repeats, args.baseline, args.at_once, args.compile, args.tag, args.rounds)
 

@@ -153,6 +153,97 @@ def test_mamba_gradients_agree_between_backends():
         torch.testing.assert_close(grads["numba"][k], grads["reference"][k], rtol=1e-4, atol=1e-4, msg=k)
 
 
+def _mamba_grads(m, x, g, one_pass, monkeypatch):
+    """The block's output and the gradients of x and every parameter for output gradient g."""
+    with monkeypatch.context() as mp:
+        if not one_pass:
+            mp.setattr(Mamba, "_one_pass", lambda *a: False)
+        x = x.clone().requires_grad_()
+        m.zero_grad()
+        out = m(x)
+        out.backward(g)
+    return out.detach(), {"input": x.grad, **{k: p.grad.clone() for k, p in m.named_parameters()}}
+
+
+@pytest.mark.parametrize("length", [1, 3, 50, 700])  # shorter than the conv's 4 taps too
+def test_mamba_conv_one_pass_is_oneDNNs_conv(length):
+    """The one pass's conv is the depthwise F.conv1d bit for bit (oneDNN's order: bias, then the
+    taps oldest first as fused multiply-adds); its SiLU is F.silu's to a float32 rounding; z is
+    the gate half, copied."""
+    from mambava.models.mamba import _conv_silu_fwd
+
+    torch.manual_seed(length)
+    d, k, b = 24, 4, 3
+    conv = nn.Conv1d(d, d, k, groups=d, padding=k - 1)
+    xz = torch.randn(b, length, 2 * d)
+    with torch.no_grad():
+        ref = conv(xz[..., :d].transpose(1, 2))[..., :length].transpose(1, 2)
+    xs, z, pre = (torch.empty(b, length, d) for _ in range(3))
+    w = conv.weight.detach()[:, 0].t().contiguous()
+    _conv_silu_fwd(xz.numpy(), torch.zeros(b, k - 1, d).numpy(), w.numpy(), conv.bias.detach().numpy(),
+                   xs.numpy(), z.numpy(), pre.numpy())
+    assert torch.equal(pre, ref)
+    torch.testing.assert_close(xs, F.silu(ref), rtol=2.5e-7, atol=1e-7)
+    assert torch.equal(z, xz[..., d:])
+
+
+def test_mamba_conv_one_pass_gradcheck():
+    from mambava.models.mamba import _ConvSilu
+
+    torch.manual_seed(2)
+    d, k = 5, 4
+    xz = torch.randn(2, 9, 2 * d, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(d, 1, k, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(d, dtype=torch.float64, requires_grad=True)
+    hist = torch.randn(2, k - 1, d, dtype=torch.float64)  # a state's inputs in front: constants
+    for h in (None, hist):
+        assert torch.autograd.gradcheck(lambda a, w, bb: _ConvSilu.apply(a, w, bb, h), (xz, w, bias))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mamba_one_pass_is_the_pytorch_form(dtype, monkeypatch):
+    """The whole block, outputs and every gradient, with the conv's one pass and without it (the
+    two differ only in SiLU's last bits and in how the weight and bias gradients are summed)."""
+    torch.manual_seed(11)
+    m = Mamba(16, d_state=4, d_conv=4, expand=2).to(dtype)
+    x = torch.randn(3, 80, 16, dtype=dtype)
+    g = torch.randn(3, 80, 16, dtype=dtype)
+    out, grads = _mamba_grads(m, x, g, True, monkeypatch)
+    ref, grads_ref = _mamba_grads(m, x, g, False, monkeypatch)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(out, ref, **tol)
+    for k in grads_ref:
+        torch.testing.assert_close(grads[k], grads_ref[k], **tol, msg=k)
+
+
+def test_mamba_one_pass_stands_aside(monkeypatch):
+    """CPU autocast (bfloat16), and a state that wants its gradient, take the PyTorch form: the
+    conv pass would neither take bfloat16 nor pass a gradient to the state's inputs."""
+    from mambava.models import mamba as mamba_module
+
+    calls = []
+    real = mamba_module._ConvSilu.apply
+    monkeypatch.setattr(mamba_module._ConvSilu, "apply", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(12)
+    m = Mamba(8, d_state=4, d_conv=4, expand=1)
+    x = torch.randn(2, 20, 8)
+    m(x).sum().backward()
+    assert calls == [1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m(x).float().sum().backward()
+    assert calls == [1]
+    state = tuple(t.requires_grad_() for t in m.allocate_state(2))
+    with torch.no_grad():
+        state[0].normal_()
+    out, _ = m.forward_from(x, state)
+    out.sum().backward()
+    assert calls == [1] and state[0].grad is not None and state[0].grad.abs().sum() > 0
+    with torch.no_grad():  # inference in pieces: the pass, from the state's inputs
+        out2, _ = m.forward_from(x, tuple(t.detach() for t in state))
+    assert calls == [1, 1]
+    torch.testing.assert_close(out2, out.detach(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.gpu
 def test_state_dict_loads_from_mamba_ssm_and_outputs_agree():
     pytest.importorskip("mamba_ssm")
