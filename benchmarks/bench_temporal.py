@@ -209,6 +209,7 @@ OP_KINDS = {  # kind -> operator names, for --ops (then PREFIXES; any other aten
     "convolutions": ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
                      "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward"),
     "selective scan (numba)": ("_NumbaScan", "_NumbaScanBackward"),
+    "conv passes (numba)": ("_ConvAct", "_ConvActBackward", "_ConvSilu", "_ConvSiluBackward"),
     "optimiser": ("aten::lerp_", "aten::addcdiv_", "aten::addcmul_", "aten::sqrt"),
     "copies and layout": ("aten::copy_", "aten::cat", "aten::clone", "aten::contiguous", "aten::empty",
                           "aten::fill_", "aten::zero_", "aten::zeros", "aten::as_strided", "aten::view",
@@ -335,7 +336,7 @@ def pass_main(kind: str, variants: list[str], rounds: int, tag: str | None = Non
 
 def ops_main(variants: list[str], repeats: int, tag: str | None = None) -> int:
     results = {v: run_worker(__file__, ["ops", v, str(repeats)], timeout=900) for v in variants}
-    kinds = ["matrix products", "convolutions", "selective scan (numba)", "attention", "element-wise",
+    kinds = ["matrix products", "convolutions", "selective scan (numba)", "conv passes (numba)", "attention", "element-wise",
              "copies and layout", "normalisation", "reductions", "optimiser", "autograd and Python"]
     print_table(["variant", "step", *kinds],
                 [[v, fmt(r.get("step_ms"), " ms"), *(f"{r['ms'].get(k, 0):.1f} ({100 * r['share'].get(k, 0):.0f}%)"

@@ -32,6 +32,8 @@ def bench():
     ("aten::clamp_min", "element-wise"),
     ("aten::convolution_backward", "convolutions"),
     ("_NumbaScanBackward", "selective scan (numba)"),
+    ("_ConvActBackward", "conv passes (numba)"),
+    ("_ConvSilu", "conv passes (numba)"),
     ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention"),
     ("aten::_foreach_mul_", "optimiser"),
     ("Optimizer.step#AdamW.step", "optimiser"),
