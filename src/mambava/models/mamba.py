@@ -50,7 +50,6 @@ from mambava.models.ssm import _exp, resolve_backend, selective_scan_fn
 MambaState = tuple[torch.Tensor, torch.Tensor]  # conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state)
 
 
-
 @intrinsic
 def _fma_f32(typingctx, a, b, c):
     """a * b + c with one rounding (llvm.fma: one vfmadd, vectorised with the loop)."""
