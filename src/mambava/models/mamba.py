@@ -165,8 +165,7 @@ class _ConvSilu(torch.autograd.Function):
         v, h, w, pre = ctx.saved_tensors
         b, length, d2 = v.shape
         d, k = d2 // 2, w.shape[0]
-        gxs = gxs.to(v.dtype).contiguous() if gxs is not None else torch.zeros(b, length, d, dtype=v.dtype)
-        gz = gz.to(v.dtype).contiguous() if gz is not None else torch.zeros(b, length, d, dtype=v.dtype)
+        gxs, gz = gxs.to(v.dtype).contiguous(), gz.to(v.dtype).contiguous()  # autograd gives zeros for an unused output
         gxz = torch.empty(b, length, d2, dtype=v.dtype)
         dw, dbias = np.zeros((k, d), dtype=np.float64), np.zeros(d, dtype=np.float64)
         gpre = np.empty((length, d), dtype=v.numpy().dtype)
