@@ -546,24 +546,41 @@ def test_local_attention_sees_exactly_its_window():
         assert not torch.allclose(model.temporal(h3)[:, t], full[:, t])
 
 
-@pytest.mark.parametrize("w,block,length", [(16, 128, 100), (16, 5, 100), (32, 7, 33), (8, 8, 64)])
-def test_banded_attention_equals_one_dense_band_mask(w, block, length):
-    """The blocked band (any block size, any length) against one SDPA call over the whole
-    sequence under a dense band mask (i - w < j <= i): values and gradients."""
+@pytest.mark.parametrize("w,block,length,heads", [(16, 128, 100, 2), (16, 5, 100, 2), (32, 7, 33, 1), (8, 8, 64, 4)])
+def test_banded_attention_equals_one_dense_band_mask(w, block, length, heads):
+    """The blocked band (any block size, any length, from the qkv projection's output) against one
+    SDPA call over the whole sequence under a dense band mask (i - w < j <= i): values and
+    gradients. The training path (the flash kernel reading qkv in place) and the inference path
+    (SDPA on contiguous blocks) give the same bytes."""
     from mambava.models.transformer import TransformerLayer
 
     torch.manual_seed(w + block)
-    layer = TransformerLayer(16, 2, 0.0, causal=True, window=w)
+    d = 8 * heads
+    layer = TransformerLayer(d, heads, 0.0, causal=True, window=w)
     layer.query_block = block
-    q, k, v = (torch.randn(3, 2, length, 8, requires_grad=True) for _ in range(3))
+    qkv = torch.randn(3, length, 3 * d, requires_grad=True)
+    q, k, v = (qkv[..., i * d:(i + 1) * d].reshape(3, length, heads, 8).transpose(1, 2) for i in range(3))
     i = torch.arange(length)
     band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - w)
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=band)
-    out = layer._attend(q, k, v, 0.0)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=band).transpose(1, 2).reshape(3, length, d)
+    out = layer._attend(qkv, 0.0)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(layer._attend(qkv, 0.0), out)
     g = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    (a,), (b,) = torch.autograd.grad(out, (qkv,), g), torch.autograd.grad(ref, (qkv,), g)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_banded_attention_gradcheck():
+    """The training path's backward (each block's gradients added into one qkv buffer) in float64."""
+    from mambava.models.transformer import TransformerLayer
+
+    torch.manual_seed(5)
+    layer = TransformerLayer(8, 2, 0.0, causal=True, window=6)
+    layer.query_block = 4
+    qkv = torch.randn(2, 15, 24, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: layer._attend(t, 0.0), (qkv,))
 
 
 def test_a_log_and_d_get_no_weight_decay():

@@ -17,6 +17,8 @@ sequence (a test of the causality tests, not a study variant).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,28 +45,29 @@ class TransformerLayer(nn.Module):
         self.attn_dropout = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, l, d = x.shape
-        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        a = self._attend(q, k, v, self.attn_dropout if self.training else 0.0)
-        x = self.norm1(x + self.drop(self.out(a.transpose(1, 2).reshape(b, l, d))))
+        a = self._attend(self.qkv(x), self.attn_dropout if self.training else 0.0)
+        x = self.norm1(x + self.drop(self.out(a)))
         return self.norm2(x + self.drop(self.ff(x)))
 
-
-    def _attend(self, q, k, v, p: float) -> torch.Tensor:
-        """(b, h, l, dh) each -> (b, h, l, dh): causal attention over the last ``window`` frames."""
-        l, w = q.shape[2], self.window
+    def _attend(self, qkv: torch.Tensor, p: float) -> torch.Tensor:
+        """(b, l, 3 d) projections -> (b, l, d): causal attention over the last ``window`` frames."""
+        b, l, d3 = qkv.shape
+        h, w = self.n_heads, self.window
+        if self.causal and 0 < w < l and qkv.device.type == "cpu" and p == 0.0 and torch.is_grad_enabled():
+            # Blocks of ``query_block`` queries attend to the keys their band reaches, under a band
+            # mask: key j is visible to query i when i - w < j <= i. Memory and time linear in l.
+            # PyTorch's CPU flash kernel skips no masked pair inside a call, so short blocks (128
+            # queries against w + 127 keys, against 512 x 1,024 at w = 512) do a third less work.
+            return _BandAttentionCPU.apply(qkv, h, _cpu_band_masks(l, w, min(self.query_block, w), qkv.dtype))
+        q, k, v = qkv.view(b, l, 3, h, d3 // (3 * h)).permute(2, 0, 3, 1, 4)
         if not self.causal or w <= 0 or l <= w:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p)
-        # Blocks of ``query_block`` queries attend to the keys their band reaches, under a band
-        # mask: key j is visible to query i when i - w < j <= i. Memory and time linear in l.
-        # PyTorch's CPU flash kernel skips no masked pair inside a call, so short blocks (128
-        # queries against w + 127 keys, against 512 x 1,024 at w = 512) do a third less work.
-        blocks = _band_blocks(l, w, min(self.query_block, w), q.device)
-        if q.device.type == "cpu" and p == 0.0 and torch.is_grad_enabled():
-            return _BandAttentionCPU.apply(q, k, v, blocks)
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        return torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, k0:b], v[:, :, k0:b], attn_mask=m,
-                                                         dropout_p=p) for a, b, k0, m in blocks], dim=2)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p)
+        else:  # the same blocks through SDPA (inference, other devices)
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+            a = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, k0:e], v[:, :, k0:e], attn_mask=m,
+                                                          dropout_p=p)
+                           for s, e, k0, m in _band_blocks(l, w, min(self.query_block, w), q.device)], dim=2)
+        return a.transpose(1, 2).reshape(b, l, d3 // 3)
 
     query_block: int = 128  # queries per attention call in the banded path (same result for any)
 
@@ -85,40 +88,65 @@ _flash_fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
+@functools.lru_cache(maxsize=16)
+def _cpu_band_masks(length: int, w: int, c: int, dtype: torch.dtype) -> tuple:
+    """_band_blocks' blocks with the additive mask the CPU flash kernel takes (0 or -inf, of the
+    queries' dtype, as SDPA converts a boolean one); built once per (length, window, block)."""
+    return tuple((s, e, k0, torch.zeros(m.shape, dtype=dtype).masked_fill_(~m, float("-inf")))
+                 for s, e, k0, m in _band_blocks(length, w, c, "cpu"))
+
+
 class _BandAttentionCPU(torch.autograd.Function):
-    """The blocked band on PyTorch's CPU flash kernel, forward and backward, with each block's
-    gradients added into one buffer per input. (Autograd through the blocks' slices would fill a
-    zero tensor the size of q, k and v for every block: a tenth of a training step.)"""
+    """The blocked band on PyTorch's CPU flash kernel, forward and backward, straight from the
+    qkv projection's output (b, l, 3 d) to the attention's (b, l, d).
+
+    The kernel reads q, k and v where the projection wrote them (strided views, no copies) and
+    each block's output is written into its frames of one (b, l, d) tensor; the backward adds each
+    block's gradients into one (b, l, 3 d) buffer, the layout the projection's backward reads.
+    (Splitting qkv into three tensors first cost a copy each way and a stack of the three
+    gradients; autograd through the blocks' slices would fill a zero tensor the size of q, k and v
+    for every block.) The kernel's inputs and the order of the additions are those of the split
+    form, so the values are the same bytes (tested)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, blocks):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        # the kernel takes an additive mask of the query's dtype (SDPA converts a boolean one so)
-        blocks = [(a, b, k0, torch.zeros(m.shape, dtype=q.dtype, device=q.device).masked_fill_(~m, float("-inf")))
-                  for a, b, k0, m in blocks]
+    def forward(ctx, qkv, heads, blocks):
+        b, l, d3 = qkv.shape
+        q, k, v = _heads_view(qkv, heads)
+        out = qkv.new_empty(b, l, heads, d3 // (3 * heads))
         outs, lses = [], []
-        for a, b, k0, mask in blocks:
-            o, lse = _flash_fwd(q[:, :, a:b], k[:, :, k0:b], v[:, :, k0:b], attn_mask=mask)
+        for s, e, k0, mask in blocks:
+            o, lse = _flash_fwd(q[:, :, s:e], k[:, :, k0:e], v[:, :, k0:e], attn_mask=mask)
+            out[:, s:e] = o.transpose(1, 2)
             outs.append(o)
             lses.append(lse)
-        ctx.blocks = blocks
-        ctx.save_for_backward(q, k, v, *outs, *lses)
-        return torch.cat(outs, dim=2)
+        ctx.blocks, ctx.heads = blocks, heads
+        ctx.save_for_backward(qkv, *outs, *lses)
+        return out.view(b, l, d3 // 3)
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, *rest = ctx.saved_tensors
+        qkv, *rest = ctx.saved_tensors
         n = len(ctx.blocks)
         outs, lses = rest[:n], rest[n:]
-        grad = grad.contiguous()
-        gq, gk, gv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for (a, b, k0, mask), o, lse in zip(ctx.blocks, outs, lses):
-            dq, dk, dv = _flash_bwd(grad[:, :, a:b], q[:, :, a:b], k[:, :, k0:b], v[:, :, k0:b], o, lse, 0.0, False,
+        b, l, d3 = qkv.shape
+        q, k, v = _heads_view(qkv, ctx.heads)
+        g = grad.contiguous().view(b, l, ctx.heads, -1).transpose(1, 2)
+        gqkv = torch.zeros_like(qkv)
+        gq, gk, gv = _heads_view(gqkv, ctx.heads)
+        for (s, e, k0, mask), o, lse in zip(ctx.blocks, outs, lses):
+            dq, dk, dv = _flash_bwd(g[:, :, s:e], q[:, :, s:e], k[:, :, k0:e], v[:, :, k0:e], o, lse, 0.0, False,
                                     attn_mask=mask)
-            gq[:, :, a:b] = dq
-            gk[:, :, k0:b] += dk
-            gv[:, :, k0:b] += dv
-        return gq, gk, gv, None
+            gq[:, :, s:e] = dq
+            gk[:, :, k0:e] += dk
+            gv[:, :, k0:e] += dv
+        return gqkv, None, None
+
+
+def _heads_view(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(b, l, 3 d) -> q, k, v as (b, heads, l, d / heads) views of it (no copy)."""
+    b, l, d3 = qkv.shape
+    t = qkv.view(b, l, 3, heads, d3 // (3 * heads))
+    return t[:, :, 0].transpose(1, 2), t[:, :, 1].transpose(1, 2), t[:, :, 2].transpose(1, 2)
 
 
 class TransformerEncoder(nn.Module):
