@@ -3,7 +3,9 @@
     python benchmarks/compare_runs.py RUN_A RUN_B [--lock-a FILE] [--lock-b FILE] [--out JSON]
 
 RUN_A and RUN_B are checkouts after `dvc repro` (for example ours and a fresh clone run on another
-machine, or with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` as a stand-in for one). It
+machine, or with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` as a stand-in for one); one of
+them may be a checkout with only the metrics git tracks (a commit's recorded run), and the ladder
+is then compared by its means in ``ladder.json``. It
 prints, in the order of ``dvc.lock``, which outputs of each stage differ by hash, then the
 per-run CCCs (`outputs/runs/<level>/<variant>.json`) and the ladder table
 (`outputs/ladder/ladder.csv`) side by side, and writes everything to ``--out``
@@ -51,6 +53,17 @@ def run_metrics(root_a: Path, root_b: Path) -> pd.DataFrame:
     return d
 
 
+def ladder_means(root_a: Path, root_b: Path) -> pd.DataFrame:
+    """The ladder's means from outputs/ladder/ladder.json, the file git tracks: for a run that
+    only has the committed metrics (a checkout without the pipeline's outputs)."""
+    ja, jb = (json.loads((r / "outputs/ladder/ladder.json").read_text()) for r in (root_a, root_b))
+    rows = [dict(zip(["split", "level", "variant", "target"], k.split("/")), ccc_a=v, ccc_b=jb[k])
+            for k, v in ja.items() if k in jb]
+    d = pd.DataFrame(rows)
+    d["diff"] = d.ccc_b - d.ccc_a
+    return d
+
+
 def ladder_differences(root_a: Path, root_b: Path) -> pd.DataFrame:
     la, lb = (pd.read_csv(r / "outputs/ladder/ladder.csv") for r in (root_a, root_b))
     m = la.merge(lb, on=["split", "level", "variant", "target"], suffixes=("_a", "_b"))
@@ -78,18 +91,20 @@ def main() -> None:
     per_run = runs.groupby(["level", "variant"]).abs_diff.agg(
         n="count", max="max", median="median", identical=lambda x: float((x == 0).mean()))
     print("\nper-run metrics, |a - b|:\n" + per_run.round(4).to_string())
-    lad = ladder_differences(args.run_a, args.run_b)
-    cols = ["split", "level", "variant", "target", "ccc_a", "ccc_b", "diff", "seed_sd_a", "diff_over_ci_half"]
+    summary = {"first_stage_differing": first, "stages": stages, "per_run": per_run.reset_index().to_dict("records")}
+    if all((r / "outputs/ladder/ladder.csv").exists() for r in (args.run_a, args.run_b)):
+        lad = ladder_differences(args.run_a, args.run_b)
+        cols = ["split", "level", "variant", "target", "ccc_a", "ccc_b", "diff", "seed_sd_a", "diff_over_ci_half"]
+        summary |= {"ladder": lad[cols + ["diff_over_seed_sd"]].to_dict("records"),
+                    "ladder_max_diff_over_seed_sd": float(lad.diff_over_seed_sd.max()),
+                    "ladder_max_diff_over_ci_half": float(lad.diff_over_ci_half.max())}
+    else:  # one run has only the committed metrics: the means, without seed spreads or intervals
+        lad = ladder_means(args.run_a, args.run_b)
+        cols = ["split", "level", "variant", "target", "ccc_a", "ccc_b", "diff"]
+        summary["ladder"] = lad[cols].to_dict("records")
+        print("\n(no outputs/ladder/ladder.csv in both runs: the means of ladder.json only)")
     print("\nladder, test split:\n" + lad[lad.split == "test"][cols].round(4).to_string(index=False))
-    summary = {
-        "first_stage_differing": first,
-        "stages": stages,
-        "per_run": per_run.reset_index().to_dict("records"),
-        "ladder": lad[cols + ["diff_over_seed_sd"]].to_dict("records"),
-        "ladder_max_abs_diff": lad.assign(a=lad["diff"].abs()).groupby("level").a.max().to_dict(),
-        "ladder_max_diff_over_seed_sd": float(lad.diff_over_seed_sd.max()),
-        "ladder_max_diff_over_ci_half": float(lad.diff_over_ci_half.max()),
-    }
+    summary["ladder_max_abs_diff"] = lad.assign(a=lad["diff"].abs()).groupby("level").a.max().to_dict()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=1, default=float) + "\n")
