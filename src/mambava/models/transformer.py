@@ -59,7 +59,7 @@ class TransformerLayer(nn.Module):
             # PyTorch's CPU flash kernel skips no masked pair inside a call, so short blocks (128
             # queries against w + 127 keys, against 512 x 1,024 at w = 512) do a third less work.
             return _BandAttentionCPU.apply(qkv, h, _cpu_band_masks(l, w, min(self.query_block, w), qkv.dtype))
-        q, k, v = qkv.view(b, l, 3, h, d3 // (3 * h)).permute(2, 0, 3, 1, 4)
+        q, k, v = _heads_view(qkv, h)
         if not self.causal or w <= 0 or l <= w:
             a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p)
         else:  # the same blocks through SDPA (inference, other devices)
