@@ -6,6 +6,7 @@ process is described in :mod:`mambava.data.synthetic`.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -137,17 +138,24 @@ def expression_track(rng: np.random.Generator, latent: np.ndarray, fps: float) -
 
 
 
-def _rot(points: np.ndarray, centre: np.ndarray, deg: float) -> list[tuple[float, float]]:
+def _rot(points: np.ndarray, centre: np.ndarray, deg: float) -> list[float]:
+    """``points`` (k, 2) rotated by ``deg`` and moved to ``centre``, as PIL's flat [x, y, x, y, ...]."""
     th = math.radians(deg)
     c, s = math.cos(th), math.sin(th)
     r = points @ np.array([[c, s], [-s, c]])
-    return [tuple(p) for p in (r + centre)]
+    return (r + centre).ravel().tolist()
 
+
+@functools.lru_cache(maxsize=32)
+def _unit_circle(k: int, start: float, stop: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin at ``k`` angles from ``start`` to ``stop``: the same few per frame, computed once."""
+    t = np.linspace(start, stop, k)
+    return np.cos(t), np.sin(t)
 
 
 def _ellipse(rx: float, ry: float, k: int = 36, start: float = 0.0, stop: float = 2 * np.pi) -> np.ndarray:
-    t = np.linspace(start, stop, k)
-    return np.stack([rx * np.cos(t), ry * np.sin(t)], axis=1)
+    cos, sin = _unit_circle(k, start, stop)
+    return np.stack([rx * cos, ry * sin], axis=1)
 
 
 
