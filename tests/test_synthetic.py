@@ -203,7 +203,6 @@ def test_read_annotation_roundtrip(twin):
     assert len(arr) == len(ann.read_text().splitlines()) - 1
 
 
-
 def _rot_plain(points, centre, deg):
     """The renderer's rotation as it was first written: a list of (x, y) tuples."""
     th = math.radians(deg)

@@ -148,9 +148,12 @@ def _rot(points: np.ndarray, centre: np.ndarray, deg: float) -> list[float]:
 
 @functools.lru_cache(maxsize=32)
 def _unit_circle(k: int, start: float, stop: float) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin at ``k`` angles from ``start`` to ``stop``: the same few per frame, computed once."""
+    """cos and sin at ``k`` angles from ``start`` to ``stop``: the same few per frame, computed once
+    (read-only, since every caller shares them)."""
     t = np.linspace(start, stop, k)
-    return np.cos(t), np.sin(t)
+    cos, sin = np.cos(t), np.sin(t)
+    cos.flags.writeable = sin.flags.writeable = False
+    return cos, sin
 
 
 def _ellipse(rx: float, ry: float, k: int = 36, start: float = 0.0, stop: float = 2 * np.pi) -> np.ndarray:
