@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from _bench import load_benchmark
 from mambava.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("train_budget", REPO / "benchmarks" / "train_budget.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("train_budget")
 
 
 def test_written_params_carry_the_changes_and_the_work_folders(tmp_path):
