@@ -83,6 +83,7 @@ def _piece_attention(transformer):
             b, length, d3 = qkv.shape
             q, k, v = heads_view(qkv, 1)
             out = qkv.new_empty(b, length, 1, d3 // 3)
+            masks = _masks(transformer, blocks, length, w, qkv.dtype)
             saved = []
             for s, e, ps in blocks:
                 os_, ls_ = [], []
@@ -92,7 +93,7 @@ def _piece_attention(transformer):
                         o, lse = fwd(qb.flip(2), kb.flip(2), vb.flip(2), is_causal=True)
                         o, lse = o.flip(2), lse.flip(2)
                     elif kind == "masked":
-                        o, lse = fwd(qb, kb, vb, attn_mask=_band_mask(s, e, k0, k1, w, qkv.dtype))
+                        o, lse = fwd(qb, kb, vb, attn_mask=masks[s, k0])
                     else:
                         o, lse = fwd(qb, kb, vb, is_causal=kind == "causal")
                     os_.append(o)
@@ -101,7 +102,7 @@ def _piece_attention(transformer):
                 o = sum(oi * torch.exp(li - lse).unsqueeze(-1) for oi, li in zip(os_, ls_))
                 out[:, s:e] = o.transpose(1, 2)
                 saved += [o, lse]
-            ctx.blocks, ctx.w = blocks, w
+            ctx.blocks, ctx.masks = blocks, masks
             ctx.save_for_backward(qkv, *saved)
             return out.view(b, length, d3 // 3)
 
@@ -120,7 +121,7 @@ def _piece_attention(transformer):
                     if kind == "reversed":
                         dq, dk, dv = (t.flip(2) for t in bwd(*(a.flip(2) for a in args), 0.0, True))
                     elif kind == "masked":
-                        dq, dk, dv = bwd(*args, 0.0, False, attn_mask=_band_mask(s, e, k0, k1, ctx.w, qkv.dtype))
+                        dq, dk, dv = bwd(*args, 0.0, False, attn_mask=ctx.masks[s, k0])
                     else:
                         dq, dk, dv = bwd(*args, 0.0, kind == "causal")
                     gq[:, :, s:e] += dq
@@ -131,12 +132,11 @@ def _piece_attention(transformer):
     return Pieces
 
 
-def _band_mask(s, e, k0, k1, w, dtype):
-    import torch
-
-    qpos = torch.arange(s, e)[:, None]
-    kpos = torch.arange(k0, k1)[None, :]
-    return torch.zeros(e - s, k1 - k0, dtype=dtype).masked_fill_(~((kpos <= qpos) & (kpos > qpos - w)), float("-inf"))
+def _masks(transformer, blocks, length: int, w: int, dtype) -> dict:
+    """The model's band masks (``models.transformer._cpu_band_masks``) by (first query, first key),
+    for the blocks that are one masked piece: such a piece is exactly the model's block."""
+    c = blocks[0][1] - blocks[0][0]
+    return {(s, k0): m for s, e, k0, m in transformer._cpu_band_masks(length, w, c, dtype)}
 
 
 def pieces(args) -> int:
@@ -207,6 +207,8 @@ def pieces(args) -> int:
 
     # single kernel calls: is a masked, causal or unmasked pair the same price?
     calls = []
+    full_mask = masks[-1][3]  # the last block's: block queries against all w + block - 1 keys
+    assert full_mask.shape == (block, w + block - 1)
     for label, lq, lk, kind in (
         (f"{block} x {w + block - 1}, band mask", block, w + block - 1, "mask"),
         (f"{block} x {w + block - 1}, no mask", block, w + block - 1, "none"),
@@ -217,7 +219,7 @@ def pieces(args) -> int:
         (f"{length} x {length}, no mask", length, length, "none"),
     ):
         qb, kb, vb = (torch.randn(b, 1, n, d) for n in (lq, lk, lk))
-        kw = {"mask": {"attn_mask": _band_mask(lk - lq, lk, 0, lk, w, torch.float32)}, "causal": {"is_causal": True},
+        kw = {"mask": {"attn_mask": full_mask}, "causal": {"is_causal": True},
               "none": {}}[kind]
         bkw = {"attn_mask": kw["attn_mask"]} if kind == "mask" else {}
         o, lse = tr._flash_fwd(qb, kb, vb, **kw)
