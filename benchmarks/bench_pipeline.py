@@ -249,6 +249,8 @@ def main() -> int:
         log = RESULTS / f"pipeline_{args.tag}.log"
         rc = stamped_run(["dvc", "repro", *args.dvc_args], ROOT, log)
         _record(args.tag, log, {"revision": _head(), "exit": rc})
+        if rc:
+            print(f"dvc repro failed (exit {rc}); see {log}")
         return rc
     if args.cmd == "parse":
         _record(args.tag, Path(args.log), {"log": args.log})

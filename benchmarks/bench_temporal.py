@@ -11,6 +11,7 @@
     python benchmarks/bench_temporal.py --ops        # the step by kind of operator (torch.profiler), GEMM throughput
     python benchmarks/bench_temporal.py --tcn-pass   # the TCN's one numba pass against its PyTorch form, in turn
     python benchmarks/bench_temporal.py --mamba-pass # the Mamba block's conv + SiLU pass against its PyTorch form, in turn
+    python benchmarks/bench_temporal.py --windows 384 300 256  # the Transformer's step per attention window, beside Mamba-VA's
 
 What one optimiser step of `mambava train` costs per variant: forward and backward of the whole
 model (TCN, temporal encoder, head) on a batch of ``train.batch_size`` windows of ``train.window``
@@ -49,9 +50,13 @@ kernel could speed up, or many small operators.
 (``--rounds`` pairs, default 16): the change on its own, free of the drift between processes.
 ``--mamba-pass`` does the same for the variants with Mamba layers and the Mamba block's one pass
 for its causal conv and SiLU (``models.mamba._ConvSilu``).
+``--windows W ...`` times one AdamW step of Mamba-VA and of the Transformer at each attention
+window ``W`` (``model.attention_window``), all in one process, each model's 4 steps in turn for
+``--rounds`` rounds (default 12), medians: the Transformer's step as a ratio of Mamba-VA's, free of
+the drift between processes (issue 25 asks for at most 1.3).
 Writes benchmarks/results/temporal.json (or temporal_parts.json, temporal_parts_at2.json,
 temporal_parts_compile.json, temporal_cheaper.json, temporal_ops.json, temporal_tcn_pass.json,
-temporal_mamba_pass.json;
+temporal_mamba_pass.json, temporal_windows.json;
 ``--tag T`` adds ``_T`` to the name).
 """
 
@@ -323,6 +328,62 @@ def pass_worker(kind: str, variant: str, rounds: int) -> dict:
     return {"variant": variant, "ms": ms, "ratio": round(ms["one_pass"] / ms["pytorch"], 3), "steps_each": 4 * rounds}
 
 
+def windows_worker(windows: list[int], rounds: int) -> dict:
+    """Mamba-VA's AdamW step and the Transformer's at each attention window, in turn every 4 steps."""
+    import statistics
+    import time
+
+    import torch
+
+    from mambava.config import load_config
+    from mambava.models import build_model, variant_config
+    from mambava.runtime import set_threads
+
+    cfg = load_config(PARAMS)
+    set_threads(1)
+    b, length = cfg.train.batch_size, cfg.train.window
+    steps = {}
+    for name, variant, update in [("mamba_va", "mamba_va", {})] + [
+            (f"transformer_w{w}", "transformer", {"attention_window": w}) for w in windows]:
+        mcfg = variant_config(cfg.model.model_copy(update=update), variant)
+        torch.manual_seed(0)
+        model = build_model(mcfg).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = torch.randn(b, length, mcfg.input_dim)
+
+        def step(model=model, opt=opt, x=x):
+            opt.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            opt.step()
+
+        step()  # untimed: the first step allocates
+        steps[name] = step
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(4):
+                step()
+            times[name].append((time.perf_counter() - t0) / 4)
+    ms = {k: round(1000 * statistics.median(v), 2) for k, v in times.items()}
+    return {"batch": b, "window": length, "ms": ms, "steps_each": 4 * rounds,
+            "ratio_to_mamba_va": {k: round(v / ms["mamba_va"], 3) for k, v in ms.items() if k != "mamba_va"}}
+
+
+def windows_main(windows: list[int], rounds: int, tag: str | None = None) -> int:
+    res = run_worker(__file__, ["windows", ",".join(map(str, windows)), str(rounds)], timeout=1800)
+    if "ms" not in res:
+        print(res.get("error", res))
+        return 1
+    print_table(["model", "attention window", "step (median)", "/ Mamba-VA"],
+                [["Mamba-VA", "-", fmt(res["ms"]["mamba_va"], " ms"), "1.000"]]
+                + [["Transformer", str(w), fmt(res["ms"][f"transformer_w{w}"], " ms"),
+                    fmt(res["ratio_to_mamba_va"][f"transformer_w{w}"])] for w in windows])
+    path = write_json(f"temporal_windows{'_' + tag if tag else ''}.json", {"machine": machine(), "rounds": rounds, **res})
+    print(f"wrote {path}")
+    return 0
+
+
 def pass_main(kind: str, variants: list[str], rounds: int, tag: str | None = None) -> int:
     results = {v: run_worker(__file__, [f"{kind}_pass", v, str(rounds)], timeout=900) for v in variants}
     print_table(["variant", "PyTorch form", "one pass", "one pass / PyTorch"],
@@ -473,14 +534,17 @@ def main() -> int:
                     help="the TCN's one numba pass against its PyTorch form, in turn in one process (module doc)")
     ap.add_argument("--mamba-pass", action="store_true",
                     help="the Mamba block's one pass (conv and SiLU) against its PyTorch form, the same way")
-    ap.add_argument("--tag", help="with --cheaper, --ops, --tcn-pass, --mamba-pass or --parts: add _TAG to the JSON's name (keeps an earlier run's file)")
+    ap.add_argument("--windows", type=int, nargs="+", metavar="W",
+                    help="the Transformer's step at each attention window W beside Mamba-VA's, in turn in one process")
+    ap.add_argument("--tag", help="with --cheaper, --ops, --tcn-pass, --mamba-pass, --windows or --parts: add _TAG to the JSON's name (keeps an earlier run's file)")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "HEADS", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         import json
 
         v, h, r = args.worker
-        res = (parts_worker(h, int(r)) if v == "parts" else cheaper_worker(h, int(r)) if v == "cheaper"
+        res = (parts_worker(h, int(r)) if v == "parts"
+               else windows_worker([int(w) for w in h.split(",")], int(r)) if v == "windows" else cheaper_worker(h, int(r)) if v == "cheaper"
                else ops_worker(h, int(r)) if v == "ops"
                else pass_worker(v[:-5], h, int(r)) if v in ("tcn_pass", "mamba_pass")
                else worker(v, int(h), int(r)))
@@ -489,6 +553,8 @@ def main() -> int:
     from mambava.config import load_config
     from mambava.models import VARIANTS, variant_config
 
+    if args.windows:
+        return windows_main(args.windows, args.rounds if args.rounds > 1 else 12, args.tag)
     if args.cheaper:
         return cheaper_main(list(VARIANTS), args.repeats, args.tag)
     if args.ops:

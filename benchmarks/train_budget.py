@@ -14,7 +14,8 @@ writes params.yaml with the ``--set`` values and its own output folders (``--wor
 (level, variant), every fold and seed, as the pipeline's stages do; runs already finished in the
 work folder are kept, so an interrupted comparison resumes. Then it builds the ladder's test
 split (`mambava.ladder.build` and `comparisons`, same bootstrap) for the default runs and for the
-changed ones, and prints side by side: first the validation CCCs (mean over every fold and seed,
+changed ones (a variant not retrained takes the default's runs there, linked into the work folder, so
+every comparison with a retrained one is scored), and prints side by side: first the validation CCCs (mean over every fold and seed,
 with the seed spread: what a choice between budgets is made on), then the test split (reported,
 never chosen on): each cell's CCC, its seed spread and the difference in
 default seed SDs, each comparison with its interval and whether it kept its side of 0, and the
@@ -127,6 +128,24 @@ def train_seconds(models: Path, levels, variants) -> float:
                      for p in (models / lv / v).glob("fold*/seed*/train.timing.json")), 1)
 
 
+def link_default_runs(default_runs: Path, work_runs: Path, levels, retrained, variants) -> list[str]:
+    """Link the default's runs of every variant not retrained into the work folder (at every level
+    where it has them), so that each comparison with a retrained variant is scored, its partner's
+    runs the default's. Returns the variants to score, in ``variants``' order: the retrained ones
+    and the linked ones. A folder already in the work folder is left as it is."""
+    scored = set(retrained)
+    for v in variants:
+        if v in scored or not all((default_runs / lv / v).is_dir() for lv in levels):
+            continue
+        for lv in levels:
+            link = work_runs / lv / v
+            if not (link.exists() or link.is_symlink()):
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to((default_runs / lv / v).resolve(), target_is_directory=True)
+        scored.add(v)
+    return [v for v in variants if v in scored]
+
+
 def _side(lo: float, hi: float) -> str:
     return "+" if lo > 0 else "-" if hi < 0 else "0"
 
@@ -170,9 +189,10 @@ def main() -> int:
                 seconds[f"{stage}@{level}-{v}"] = round(s, 1)
                 print(f"{stage} {level} {v}: {s:.0f} s", flush=True)
 
+    scored = link_default_runs(default_runs, work / "runs", args.levels, args.variants, list(VARIANTS))
     train_sum = {"default": train_seconds(ROOT / cfg.train.out, args.levels, args.variants),
                  "changed": train_seconds(work / "models", args.levels, args.variants)}
-    val = {name: validation(root, args.levels, args.variants)
+    val = {name: validation(root, args.levels, scored)
            for name, root in (("default", default_runs), ("changed", work / "runs"))}
     print("validation (every fold and seed; what a choice is made on):")
     print_table(["level", "variant", "target", "runs", "default (seed SD)", "changed (seed SD)", "difference"],
@@ -180,7 +200,7 @@ def main() -> int:
                   f"{a['ccc']:.3f} ({a['seed_sd']:.3f})", f"{b['ccc']:.3f} ({b['seed_sd']:.3f})",
                   f"{b['ccc'] - a['ccc']:+.3f}"] for a, b in zip(val["default"], val["changed"])])
     print("test split (reported, never chosen on):")
-    lad = ladders(cfg, {"default": default_runs, "changed": work / "runs"}, args.levels, args.variants)
+    lad = ladders(cfg, {"default": default_runs, "changed": work / "runs"}, args.levels, scored)
     (t0, c0), (t1, c1) = lad["default"], lad["changed"]
     keys = ["level", "variant", "target"]
     cells = t0.merge(t1, on=["split", *keys], suffixes=("_default", "_changed"))
@@ -207,7 +227,7 @@ def main() -> int:
           f"({train_sum['changed'] / train_sum['default']:.2f})")
     path = write_json(f"{args.tag}.json", {
         "what": "the default study's trainings with other params, against the default run's (test split)",
-        "params_changed": changes, "levels": args.levels, "variants": args.variants,
+        "params_changed": changes, "levels": args.levels, "variants": args.variants, "scored": scored,
         "command": command,
         "machine": machine(), "seconds": seconds, "seconds_sum": round(sum(seconds.values()), 1),
         "train_seconds_sum_over_runs": train_sum,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,27 @@ def test_validation_refuses_a_missing_run_folder(tmp_path):
     tb = _module()
     with pytest.raises(SystemExit, match="no validation metrics"):
         tb.validation(tmp_path / "runs", ["mae"], ["transformer"])
+
+
+def test_the_variants_not_retrained_are_scored_on_the_default_runs(tmp_path):
+    tb = _module()
+    default, work = tmp_path / "outputs" / "runs", tmp_path / "work" / "runs"
+    for lv in ("oracle", "mae"):
+        for v in ("mamba_va", "transformer", "frame"):
+            _metrics(default / lv / v / "fold0", 42, 0.9, 0.8)
+    _metrics(default / "oracle" / "no_tcn" / "fold0", 42, 0.9, 0.8)  # at one level only: not scored
+    _metrics(work / "oracle" / "transformer" / "fold0", 42, 0.5, 0.4)  # the retrained variant's own runs
+    _metrics(work / "mae" / "transformer" / "fold0", 42, 0.5, 0.4)
+    variants = ["mamba_va", "no_tcn", "transformer", "frame"]
+    scored = tb.link_default_runs(default, work, ["oracle", "mae"], ["transformer"], variants)
+    assert scored == ["mamba_va", "transformer", "frame"]
+    for lv in ("oracle", "mae"):
+        assert (work / lv / "mamba_va").resolve() == (default / lv / "mamba_va").resolve()
+        assert not (work / lv / "transformer").is_symlink()
+        assert json.loads((work / lv / "transformer" / "fold0" / "metrics.json").read_text())["ccc_valence"] == 0.5
+    assert not (work / "oracle" / "no_tcn").exists()
+    # the validation table of the work folder now reads the default's runs for the linked variants
+    rows = tb.validation(work, ["oracle"], ["mamba_va", "transformer"])
+    assert [r["ccc"] for r in rows if r["target"] == "valence"] == [pytest.approx(0.9), pytest.approx(0.5)]
+    # a second call links nothing new and keeps what is there
+    assert tb.link_default_runs(default, work, ["oracle", "mae"], ["transformer"], variants) == scored
