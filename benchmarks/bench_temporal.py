@@ -164,8 +164,9 @@ def parts_worker(variant: str, repeats: int) -> dict:
             "compile_s": round(times["step"][0], 1) if net is not model else None}
 
 
-def _adamw_setup(variant: str):
-    """params.yaml's config, ``variant``'s model config, the model (seed 0, training mode) and AdamW; one thread."""
+def _adamw_setup(variant: str, update: dict | None = None):
+    """params.yaml's config, ``variant``'s model config (with the ``model`` settings in ``update``),
+    the model (seed 0, training mode) and AdamW; one thread."""
     import torch
 
     from mambava.config import load_config
@@ -174,7 +175,7 @@ def _adamw_setup(variant: str):
 
     cfg = load_config(PARAMS)
     set_threads(1)
-    mcfg = variant_config(cfg.model, variant)
+    mcfg = variant_config(cfg.model.model_copy(update=update or {}), variant)
     torch.manual_seed(0)
     model = build_model(mcfg).train()
     return cfg, mcfg, model, torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -244,11 +245,12 @@ def _op_kind(name: str) -> str:
     return "element-wise" if name.startswith("aten::") else "autograd and Python"
 
 
-def _adamw_step(variant: str):
-    """params.yaml's config and one AdamW step of ``variant`` on a random training batch (one thread)."""
+def _adamw_step(variant: str, update: dict | None = None):
+    """params.yaml's config and one AdamW step of ``variant`` (``model`` settings in ``update``) on a
+    random training batch (one thread)."""
     import torch
 
-    cfg, mcfg, model, opt = _adamw_setup(variant)
+    cfg, mcfg, model, opt = _adamw_setup(variant, update)
     x = torch.randn(cfg.train.batch_size, cfg.train.window, mcfg.input_dim)
 
     def step():
@@ -333,31 +335,11 @@ def windows_worker(windows: list[int], rounds: int) -> dict:
     import statistics
     import time
 
-    import torch
-
-    from mambava.config import load_config
-    from mambava.models import build_model, variant_config
-    from mambava.runtime import set_threads
-
-    cfg = load_config(PARAMS)
-    set_threads(1)
-    b, length = cfg.train.batch_size, cfg.train.window
     steps = {}
     for name, variant, update in [("mamba_va", "mamba_va", {})] + [
             (f"transformer_w{w}", "transformer", {"attention_window": w}) for w in windows]:
-        mcfg = variant_config(cfg.model.model_copy(update=update), variant)
-        torch.manual_seed(0)
-        model = build_model(mcfg).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        x = torch.randn(b, length, mcfg.input_dim)
-
-        def step(model=model, opt=opt, x=x):
-            opt.zero_grad(set_to_none=True)
-            model(x).square().mean().backward()
-            opt.step()
-
-        step()  # untimed: the first step allocates
-        steps[name] = step
+        cfg, steps[name] = _adamw_step(variant, update)
+        steps[name]()  # untimed: the first step allocates
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(rounds):
         for name, step in steps.items():
@@ -366,7 +348,7 @@ def windows_worker(windows: list[int], rounds: int) -> dict:
                 step()
             times[name].append((time.perf_counter() - t0) / 4)
     ms = {k: round(1000 * statistics.median(v), 2) for k, v in times.items()}
-    return {"batch": b, "window": length, "ms": ms, "steps_each": 4 * rounds,
+    return {"batch": cfg.train.batch_size, "window": cfg.train.window, "ms": ms, "steps_each": 4 * rounds,
             "ratio_to_mamba_va": {k: round(v / ms["mamba_va"], 3) for k, v in ms.items() if k != "mamba_va"}}
 
 
@@ -544,7 +526,8 @@ def main() -> int:
 
         v, h, r = args.worker
         res = (parts_worker(h, int(r)) if v == "parts"
-               else windows_worker([int(w) for w in h.split(",")], int(r)) if v == "windows" else cheaper_worker(h, int(r)) if v == "cheaper"
+               else windows_worker([int(w) for w in h.split(",")], int(r)) if v == "windows"
+               else cheaper_worker(h, int(r)) if v == "cheaper"
                else ops_worker(h, int(r)) if v == "ops"
                else pass_worker(v[:-5], h, int(r)) if v in ("tcn_pass", "mamba_pass")
                else worker(v, int(h), int(r)))
