@@ -12,6 +12,7 @@
     python benchmarks/bench_temporal.py --tcn-pass   # the TCN's one numba pass against its PyTorch form, in turn
     python benchmarks/bench_temporal.py --mamba-pass # the Mamba block's conv + SiLU pass against its PyTorch form, in turn
     python benchmarks/bench_temporal.py --windows 384 300 256  # the Transformer's step per attention window, beside Mamba-VA's
+    python benchmarks/bench_temporal.py --windows 300 --query-blocks 128 64  # ... and per queries per attention call
 
 What one optimiser step of `mambava train` costs per variant: forward and backward of the whole
 model (TCN, temporal encoder, head) on a batch of ``train.batch_size`` windows of ``train.window``
@@ -53,7 +54,8 @@ for its causal conv and SiLU (``models.mamba._ConvSilu``).
 ``--windows W ...`` times one AdamW step of Mamba-VA and of the Transformer at each attention
 window ``W`` (``model.attention_window``), all in one process, each model's 4 steps in turn for
 ``--rounds`` rounds (default 12), medians: the Transformer's step as a ratio of Mamba-VA's, free of
-the drift between processes (issue 25 asks for at most 1.3).
+the drift between processes (issue 25 asks for at most 1.3). ``--query-blocks B ...`` adds, per
+window, the Transformer at ``B`` queries per attention call (``TransformerLayer.query_block``).
 Writes benchmarks/results/temporal.json (or temporal_parts.json, temporal_parts_at2.json,
 temporal_parts_compile.json, temporal_cheaper.json, temporal_ops.json, temporal_tcn_pass.json,
 temporal_mamba_pass.json, temporal_windows.json;
@@ -330,37 +332,52 @@ def pass_worker(kind: str, variant: str, rounds: int) -> dict:
     return {"variant": variant, "ms": ms, "ratio": round(ms["one_pass"] / ms["pytorch"], 3), "steps_each": 4 * rounds}
 
 
-def windows_worker(windows: list[int], rounds: int) -> dict:
-    """Mamba-VA's AdamW step and the Transformer's at each attention window, in turn every 4 steps."""
+def windows_worker(windows: list[int], rounds: int, blocks: list[int] | None = None) -> dict:
+    """Mamba-VA's AdamW step and the Transformer's at each attention window (and, with ``blocks``,
+    at each number of queries per attention call, ``TransformerLayer.query_block``), in turn every 4 steps."""
+    import importlib
     import statistics
     import time
 
-    steps = {}
-    for name, variant, update in [("mamba_va", "mamba_va", {})] + [
-            (f"transformer_w{w}", "transformer", {"attention_window": w}) for w in windows]:
+    layer = importlib.import_module("mambava.models.transformer").TransformerLayer
+    default_block = layer.query_block
+    steps, block_of = {}, {}
+    configs = [("mamba_va", "mamba_va", {}, None)]
+    for w in windows:
+        for b in blocks or [None]:
+            configs.append((f"transformer_w{w}" + (f"_qb{b}" if b else ""), "transformer", {"attention_window": w}, b))
+    for name, variant, update, b in configs:
         cfg, steps[name] = _adamw_step(variant, update)
+        block_of[name] = b or default_block
+        layer.query_block = block_of[name]
         steps[name]()  # untimed: the first step allocates
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(rounds):
         for name, step in steps.items():
+            layer.query_block = block_of[name]
             t0 = time.perf_counter()
             for _ in range(4):
                 step()
             times[name].append((time.perf_counter() - t0) / 4)
+    layer.query_block = default_block
     ms = {k: round(1000 * statistics.median(v), 2) for k, v in times.items()}
     return {"batch": cfg.train.batch_size, "window": cfg.train.window, "ms": ms, "steps_each": 4 * rounds,
+            "default_query_block": default_block,
             "ratio_to_mamba_va": {k: round(v / ms["mamba_va"], 3) for k, v in ms.items() if k != "mamba_va"}}
 
 
-def windows_main(windows: list[int], rounds: int, tag: str | None = None) -> int:
-    res = run_worker(__file__, ["windows", ",".join(map(str, windows)), str(rounds)], timeout=1800)
+def windows_main(windows: list[int], rounds: int, tag: str | None = None, blocks: list[int] | None = None) -> int:
+    args = ["windows", ",".join(map(str, windows)), str(rounds)] + ([",".join(map(str, blocks))] if blocks else [])
+    res = run_worker(__file__, args, timeout=1800)
     if "ms" not in res:
         print(res.get("error", res))
         return 1
-    print_table(["model", "attention window", "step (median)", "/ Mamba-VA"],
-                [["Mamba-VA", "-", fmt(res["ms"]["mamba_va"], " ms"), "1.000"]]
-                + [["Transformer", str(w), fmt(res["ms"][f"transformer_w{w}"], " ms"),
-                    fmt(res["ratio_to_mamba_va"][f"transformer_w{w}"])] for w in windows])
+    print_table(["model", "attention window", "queries per call", "step (median)", "/ Mamba-VA"],
+                [["Mamba-VA", "-", "-", fmt(res["ms"]["mamba_va"], " ms"), "1.000"]]
+                + [["Transformer", str(w), str(b or res["default_query_block"]), fmt(res["ms"][k], " ms"),
+                    fmt(res["ratio_to_mamba_va"][k])]
+                   for w in windows for b in blocks or [None]
+                   for k in [f"transformer_w{w}" + (f"_qb{b}" if b else "")]])
     path = write_json(f"temporal_windows{'_' + tag if tag else ''}.json", {"machine": machine(), "rounds": rounds, **res})
     print(f"wrote {path}")
     return 0
@@ -519,14 +536,17 @@ def main() -> int:
     ap.add_argument("--windows", type=int, nargs="+", metavar="W",
                     help="the Transformer's step at each attention window W beside Mamba-VA's, in turn in one process")
     ap.add_argument("--tag", help="with --cheaper, --ops, --tcn-pass, --mamba-pass, --windows or --parts: add _TAG to the JSON's name (keeps an earlier run's file)")
-    ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "HEADS", "REPEATS"), help=argparse.SUPPRESS)
+    ap.add_argument("--query-blocks", type=int, nargs="+", metavar="B",
+                    help="with --windows: the Transformer at each number of queries per attention call B as well")
+    ap.add_argument("--worker", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         import json
 
-        v, h, r = args.worker
+        v, h, r, *more = args.worker
         res = (parts_worker(h, int(r)) if v == "parts"
-               else windows_worker([int(w) for w in h.split(",")], int(r)) if v == "windows"
+               else windows_worker([int(w) for w in h.split(",")], int(r),
+                                   [int(b) for b in more[0].split(",")] if more else None) if v == "windows"
                else cheaper_worker(h, int(r)) if v == "cheaper"
                else ops_worker(h, int(r)) if v == "ops"
                else pass_worker(v[:-5], h, int(r)) if v in ("tcn_pass", "mamba_pass")
@@ -537,7 +557,7 @@ def main() -> int:
     from mambava.models import VARIANTS, variant_config
 
     if args.windows:
-        return windows_main(args.windows, args.rounds if args.rounds > 1 else 12, args.tag)
+        return windows_main(args.windows, args.rounds if args.rounds > 1 else 12, args.tag, args.query_blocks)
     if args.cheaper:
         return cheaper_main(list(VARIANTS), args.repeats, args.tag)
     if args.ops:
