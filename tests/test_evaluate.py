@@ -297,7 +297,7 @@ def test_stage_runs_every_fold_and_seed_and_keeps_finished_runs(tiny_project):
     # other training code (a fix in a model): the fingerprint sees it and the run trains again
     stamp = (models / "fold1" / "seed43" / "best.pt").stat().st_mtime_ns
     real = train.code_digest
-    train.code_digest = lambda: {**real(), "models/mamba.py": "edited"}
+    train.code_digest = lambda mcfg: {**real(mcfg), "models/mamba.py": "edited"}
     try:
         train.run(cfg, "mamba_va", 1, seed=43, progress=False)
     finally:

@@ -62,12 +62,23 @@ def test_importing_evaluate_does_not_load_train():
 
 
 def test_train_code_digest_covers_the_training_modules():
+    """The run's code digest: the training modules for every variant, of the model files only those
+    the variant runs (a Transformer edit retrains the Transformer only)."""
     from mambava import train_runs
+    from mambava.config import ModelConfig
+    from mambava.models import variant_config
 
-    keys = set(train_runs.code_digest())
-    for f in ("mambava/train.py", "mambava/train_runs.py", "mambava/runtime.py", "mambava/inference.py",
-              "mambava/metrics.py", "data/windows.py", "models/mamba_va.py", "models/__init__.py"):
-        assert f in keys, f
+    digests = {v: set(train_runs.code_digest(variant_config(ModelConfig(), v))) for v in
+               ("mamba_va", "transformer", "frame", "no_tcn")}
+    for keys in digests.values():
+        for f in ("mambava/train.py", "mambava/train_runs.py", "mambava/runtime.py", "mambava/inference.py",
+                  "mambava/metrics.py", "data/windows.py", "models/mamba_va.py", "models/__init__.py"):
+            assert f in keys, f
+    assert {"models/mamba.py", "models/ssm.py", "models/tcn.py"} <= digests["mamba_va"]
+    assert "models/transformer.py" not in digests["mamba_va"]
+    assert "models/transformer.py" in digests["transformer"] and "models/mamba.py" not in digests["transformer"]
+    assert not {"models/tcn.py", "models/mamba.py", "models/transformer.py"} & digests["frame"]
+    assert "models/tcn.py" not in digests["no_tcn"] and "models/ssm.py" in digests["no_tcn"]
 
 
 def test_checkpoint_round_trip(tmp_path):

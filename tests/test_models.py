@@ -632,6 +632,53 @@ def test_summary_prints_table_and_total(capsys):
     assert f"total parameters: {count_parameters(MambaVA(TINY)):,}" in out
 
 
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_code_read_lists_every_model_file_a_variant_runs(variant, backend):
+    """A run's fingerprint holds the content of the model files ``code_read`` names and no other
+    (``train_runs.code_digest``). Traced here: every Python function called while the variant is
+    built, trained (forward, backward, in training mode), and run on a whole video and on windows
+    (the inference paths, evaluation mode) comes from a file of ``mambava/models`` that it lists."""
+    import sys
+    import threading
+
+    import numpy as np
+
+    from mambava.inference import predict_video
+    from mambava.models import code_read
+
+    models_dir = Path(build_model.__code__.co_filename).parent
+    cfg = variant_config(TINY.model_copy(update={"attention_window": 16, "scan_backend": backend,
+                                                 "dropout": 0.1}), variant)
+    seen: set[str] = set()
+
+    def prof(frame, event, arg):
+        if event == "call":
+            f = Path(frame.f_code.co_filename)
+            if f.parent == models_dir:
+                seen.add(f.stem)
+
+    feats = np.random.default_rng(0).standard_normal((70, cfg.input_dim)).astype(np.float32)
+    threading.setprofile(prof)
+    sys.setprofile(prof)
+    try:
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        model(torch.randn(2, 40, cfg.input_dim)).square().mean().backward()
+        model.eval()
+        predict_video(model, feats, torch.device("cpu"), "whole")
+        predict_video(model, feats, torch.device("cpu"), "windows", 32, 16)
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    listed = set(code_read(cfg))
+    assert seen - {"__init__"} <= listed, f"{variant} runs code in {sorted(seen - listed)} that code_read leaves out"
+    # and the list is the variant's own: each file it names beyond the package's two is run
+    assert listed - {"__init__", "mamba_va"} <= seen, sorted(listed - seen)
+    assert ("transformer" in listed) == (cfg.temporal == "transformer")
+    assert ("mamba" in listed) == (cfg.temporal == "mamba") and ("tcn" in listed) == cfg.tcn
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_settings_a_variant_does_not_read_change_nothing(variant):
     """Each setting that ``settings_read`` leaves out of a variant's fingerprint, changed: the same

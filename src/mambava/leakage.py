@@ -15,7 +15,8 @@ worth (with a video bootstrap interval). ``leakage.json`` also gives the folds 1
 paper's protocol reports it next to the clean protocol's.
 
 Outputs in ``<evaluate.out>/leakage/``: the runs (as the ``evaluate`` stage writes them),
-``per_video.csv`` (video, fold, leaked, CCCs) and, beside the folder, ``leakage.json``.
+``per_video.csv`` (video, fold, leaked, CCCs) and, beside the folder, ``leakage.json``; the trained
+models in ``<train.out>/leakage/`` (:func:`models_root`, kept between runs).
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ def leak_effect(pv: pd.DataFrame, n_boot: int, seed: int, level: float = 0.95) -
     return out
 
 
+def models_root(cfg) -> Path:
+    """Where the stage's trainings live: ``<train.out>/leakage`` (``<level>/<variant>/fold<k>/seed<s>``
+    below it). DVC keeps the folder between runs (``persist``), so a rerun keeps each finished run
+    whose fingerprint is unchanged (:func:`mambava.train_runs.run`): a change to another variant's
+    settings or model code reruns this stage in seconds, not minutes."""
+    return Path(cfg.train.out) / "leakage"
+
+
 def run(cfg) -> dict:
     """The ``leakage`` stage (module doc)."""
     from mambava import evaluate, train_runs
@@ -96,7 +105,7 @@ def run(cfg) -> dict:
     write_folds(paper, folds_file)
     sub = cfg.model_copy(update={
         "folds": cfg.folds.model_copy(update={"file": str(folds_file)}),
-        "train": cfg.train.model_copy(update={"out": str(root / "models"), "seeds": 1}),
+        "train": cfg.train.model_copy(update={"out": str(models_root(cfg)), "seeds": 1}),
         "evaluate": cfg.evaluate.model_copy(update={"out": str(root / "runs")}),
     })
     variant = cfg.book.variant

@@ -3,7 +3,8 @@
 
 A run's fingerprint covers its settings (of the model only those its variant reads,
 :func:`mambava.models.settings_read`), its videos, the content of their features, labels and the
-folds file, and the code its numbers depend on (:func:`code_digest`); a folder whose
+folds file, and the code its numbers depend on (:func:`code_digest`: of the model files only those
+its variant runs); a folder whose
 ``train_metrics.json`` carries the same fingerprint is finished and kept. ``run_all`` writes the
 stage's summary ``<train.out>/<level>/<variant>.json``.
 """
@@ -45,9 +46,11 @@ def fingerprint_of(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def code_digest() -> dict[str, str]:
+def code_digest(mcfg) -> dict[str, str]:
     """SHA-256 of the code a run's numbers depend on (training loop and stage, run-time layer, schedules,
-    DVCLive logging, models, windows, metrics, inference): a finished run is kept only if this code is unchanged too."""
+    DVCLive logging, windows, metrics, inference, and the model files that ``mcfg``'s model runs,
+    :func:`mambava.models.code_read`): a finished run is kept only if this code is unchanged too.
+    An edit of one variant's model code (the Transformer's, say) retrains that variant's runs only."""
     import mambava.data.windows
     import mambava.inference
     import mambava.metrics
@@ -57,10 +60,11 @@ def code_digest() -> dict[str, str]:
     import mambava.schedules
     import mambava.train
 
+    models = Path(mambava.models.__file__).parent
     files = [Path(mambava.train.__file__), Path(__file__), Path(mambava.runtime.__file__),
              Path(mambava.data.windows.__file__), Path(mambava.inference.__file__),
              Path(mambava.metrics.__file__), Path(mambava.schedules.__file__), Path(mambava.runlog.__file__),
-             *sorted(Path(mambava.models.__file__).parent.glob("*.py"))]
+             *(models / f"{name}.py" for name in sorted(mambava.models.code_read(mcfg)))]
     return content_digest(files)
 
 
@@ -85,7 +89,6 @@ def _fold_data(cfg, fold: int, feats_dir: Path, cache: dict) -> tuple:
             "annotations": content_digest(a for a in rows.loc[train_names + val_names, "annotation"]
                                           if isinstance(a, str) and a),
             "folds": content_digest([cfg.folds.file]),
-            "code": code_digest(),
         }
         cache[key] = (train_names, val_names, load_videos(index, train_names, feats_dir),
                       load_videos(index, val_names, feats_dir), data_hash)
@@ -131,7 +134,7 @@ def run(cfg, variant: str, fold: int, level: str = "mae", seed: int | None = Non
         "train": tc.model_dump(exclude={"threads", "out", "seeds", "workers"}), "model": settings_read(mcfg),
         "evaluate": cfg.evaluate.model_dump(include={"inference", "window", "stride"}),
         "level": level, "variant": variant, "fold": fold, "train_videos": train_names, "val_videos": val_names,
-        "data": data_hash,
+        "data": data_hash, "code": code_digest(mcfg),
     })
     done = out / "train_metrics.json"
     if done.exists() and (out / "best.pt").exists():

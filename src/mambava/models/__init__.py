@@ -83,6 +83,13 @@ def settings_read(cfg: ModelConfig) -> dict:
     return read(cfg)
 
 
+def code_read(cfg: ModelConfig) -> list[str]:
+    """The model modules ``cfg``'s model runs (:func:`mambava.models.mamba_va.code_read`)."""
+    from mambava.models.mamba_va import code_read as read
+
+    return read(cfg)
+
+
 def build_model(cfg: ModelConfig, variant: str | None = None):
     """A MambaVA for ``cfg`` (or for one of its variants)."""
     from mambava.models.mamba_va import MambaVA

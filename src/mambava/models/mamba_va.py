@@ -139,3 +139,21 @@ def settings_read(cfg: ModelConfig) -> dict:
         keys |= {"n_layers", "n_heads", "causal", "attention_window", "dropout"}
     values = cfg.model_dump()
     return {k: values[k] for k in sorted(keys)}
+
+
+def code_read(cfg: ModelConfig) -> list[str]:
+    """The modules of :mod:`mambava.models` whose code :class:`MambaVA` runs for ``cfg`` (keep with
+    the constructor, as :func:`settings_read`).
+
+    A run's fingerprint holds the content of these and no other model file, so that an edit of
+    the Transformer's code does not retrain the variants that never run it. A test traces every
+    variant's forward, backward and inference and fails if the model runs code in a file not listed.
+    """
+    names = ["__init__", "mamba_va"]
+    if cfg.tcn:
+        names.append("tcn")
+    if cfg.temporal == "mamba":
+        names += ["mamba", "ssm"]
+    elif cfg.temporal == "transformer":
+        names.append("transformer")
+    return names
